@@ -1,0 +1,1 @@
+"""The shared archive: content-addressed blobs on disk and a SQL index of what they hold."""

@@ -1,0 +1,90 @@
+"""Content-addressed blob store: a stored instance's bytes live at a path made from their SHA-256.
+
+Paths are generated here only, from the hash; nothing from a DICOM value or a URL
+ever becomes part of a filesystem path. Writes are durable before they are
+acknowledged: temp file -> fsync -> rename -> fsync of the directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+CHUNK = 1024 * 1024
+
+
+class BlobStore:
+    """Immutable blobs under ``root/ab/cd/<sha256>``; a temp area on the same filesystem."""
+
+    def __init__(self, root: Path, tmp_dir: Path) -> None:
+        self.root = root
+        self.tmp_dir = tmp_dir
+        root.mkdir(parents=True, exist_ok=True)
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sha256: str) -> Path:
+        if not _HEX64.match(sha256):
+            raise ValueError("not a SHA-256 hex digest")
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def new_temp(self) -> tuple[BinaryIO, Path]:
+        """A fresh temp file in the store's own filesystem, so the final rename is atomic."""
+        fd, name = tempfile.mkstemp(prefix="in-", suffix=".part", dir=self.tmp_dir)
+        return os.fdopen(fd, "w+b"), Path(name)
+
+    def commit_temp(self, temp: Path, sha256: str) -> Path:
+        """Move a fully written, hashed temp file into place durably; returns the final path."""
+        final = self.path_for(sha256)
+        if final.exists():
+            # Same hash means same bytes: keep the existing file, drop the temp copy.
+            temp.unlink(missing_ok=True)
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(temp, final)
+        _fsync_dir(final.parent)
+        return final
+
+    def delete(self, sha256: str) -> None:
+        path = self.path_for(sha256)
+        path.unlink(missing_ok=True)
+
+    def iter_hashes(self) -> Iterator[str]:
+        """Every blob on disk (for reconciliation with the index)."""
+        for path in self.root.glob("??/??/*"):
+            if _HEX64.match(path.name):
+                yield path.name
+
+    def clean_temp(self) -> int:
+        """Remove leftovers of interrupted writes; they were never acknowledged."""
+        removed = 0
+        for path in self.tmp_dir.glob("*.part"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

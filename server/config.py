@@ -1,0 +1,151 @@
+"""Settings from ``TESSERA_*`` environment variables and an optional TOML file.
+
+The embedded default (SQLite + a local data folder) needs no configuration at all;
+every value here can be overridden per deployment without touching code.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value Tessera cannot use; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class DicomPeer:
+    """A known DICOM application entity (a modality, another PACS, a workstation)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> DicomPeer:
+        """Parse ``AE@host:port``."""
+        try:
+            ae, address = text.strip().split("@", 1)
+            host, port = address.rsplit(":", 1)
+            peer = cls(ae.strip(), host.strip(), int(port))
+        except ValueError as exc:
+            raise ConfigError(f"DICOM peer {text!r} is not AE@host:port") from exc
+        if not peer.ae_title or len(peer.ae_title) > 16 or not 0 < peer.port < 65536:
+            raise ConfigError(f"DICOM peer {text!r} has a bad AE title or port")
+        return peer
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Tessera process needs to know about its deployment."""
+
+    data_dir: Path = Path("./tessera-data")
+    database_url: str = ""  # empty: SQLite inside data_dir
+    host: str = "127.0.0.1"
+    port: int = 8042
+    processes: int = 1  # HTTP server processes sharing the port; 0 = one per core
+    dicom_enabled: bool = True
+    dicom_port: int = 11112
+    ae_title: str = "TESSERA"
+    dicom_peers: tuple[DicomPeer, ...] = ()
+    dicom_allow_unknown: bool = False
+    dicom_max_associations: int = 10  # concurrent DICOM associations accepted
+    dicom_max_pdu: int = 1_048_576  # bytes; maximum P-DATA PDU we receive (0 = unlimited)
+    dicom_acse_timeout: int = 30  # seconds to wait for association messages
+    dicom_dimse_timeout: int = 60  # seconds to wait for a DIMSE message
+    dicom_network_timeout: int = 120  # seconds without any traffic before an association is aborted
+    duplicate_policy: str = "reject"  # or "replace" / "keep": what a different instance with a known UID does
+    max_upload_bytes: int = 8 * 1024**3
+    max_pixel_bytes: int = 16 * 1024**3  # rows x columns x frames x samples x bits/8 per instance
+    max_frames: int = 1_000_000
+    query_default_limit: int = 100
+    query_max_limit: int = 10_000
+    worker_threads: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.data_dir / "tmp"
+
+    @property
+    def derived_dir(self) -> Path:
+        """Products computed from stored instances (pyramids, cine videos), safe to rebuild."""
+        return self.data_dir / "derived"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+_ENV_PREFIX = "TESSERA_"
+_BOOL_TRUE = {"1", "true", "yes", "on"}
+_BOOL_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, kind: Any, raw: Any) -> Any:
+    """Turn a TOML value or an environment string into the field's type."""
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _BOOL_TRUE:
+                return True
+            if text in _BOOL_FALSE:
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (Path, "Path"):
+            return Path(str(raw)).expanduser()
+        if kind in ("tuple[DicomPeer, ...]",):
+            items = raw if isinstance(raw, list) else [p for p in str(raw).split(",") if p.strip()]
+            return tuple(DicomPeer.parse(p) for p in items)
+        return str(raw)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: cannot use value {raw!r}") from exc
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from defaults, then ``TESSERA_CONFIG`` (TOML), then the environment."""
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in fields(Settings) if f.name != "extra"}
+    config_path = env.get(_ENV_PREFIX + "CONFIG")
+    if config_path:
+        try:
+            with open(config_path, "rb") as fh:
+                document = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {config_path}: {exc}") from exc
+        section = document.get("tessera", document)
+        for key, raw in section.items():
+            if key not in known:
+                raise ConfigError(f"config file {config_path}: unknown setting {key!r}")
+            values[key] = _coerce(key, known[key].type, raw)
+    for name, spec in known.items():
+        raw_env = env.get(_ENV_PREFIX + name.upper())
+        if raw_env is not None and raw_env != "":
+            values[name] = _coerce(name, spec.type, raw_env)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)
+    if settings.duplicate_policy not in ("reject", "replace", "keep"):
+        raise ConfigError("setting duplicate_policy must be reject, replace or keep")
+    if len(settings.ae_title) > 16 or not settings.ae_title.strip():
+        raise ConfigError("setting ae_title must be 1-16 characters")
+    return settings
