@@ -1,0 +1,1 @@
+"""Generators of realistic sample DICOM data for Tessera's tests and demo archive."""
