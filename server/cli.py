@@ -1,0 +1,228 @@
+"""The ``tessera`` command: serve, import, demo, reconcile (and DICOM send/retrieve)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import zipfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from tqdm import tqdm
+
+from server.archive.archive import Archive, StoreOutcome, StoreStatus
+from server.config import ConfigError, Settings, load_settings
+
+
+def _import_sources(paths: list[Path]) -> Iterator[tuple[str, IO[bytes] | Path]]:
+    """Every file to import: plain files, folders (recursively) and members of zip files."""
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if file.suffix.lower() == ".zip" and zipfile.is_zipfile(file):
+                with zipfile.ZipFile(file) as archive:
+                    for member in archive.infolist():
+                        if not member.is_dir():
+                            with archive.open(member) as fh:
+                                yield f"{file}!{member.filename}", fh
+            else:
+                yield str(file), file
+
+
+def _count_sources(paths: list[Path]) -> int:
+    total = 0
+    for path in paths:
+        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+        for file in files:
+            if file.suffix.lower() == ".zip" and zipfile.is_zipfile(file):
+                with zipfile.ZipFile(file) as archive:
+                    total += sum(1 for m in archive.infolist() if not m.is_dir())
+            else:
+                total += 1
+    return total
+
+
+def import_paths(
+    archive: Archive, paths: list[Path], *, quiet: bool = False
+) -> tuple[Counter[StoreStatus], list[tuple[str, str]]]:
+    """Import through the one ingest path; returns counts and (file, reason) for each rejection."""
+    counts: Counter[StoreStatus] = Counter()
+    rejected: list[tuple[str, str]] = []
+    missing = [p for p in paths if not p.exists()]
+    for path in missing:
+        rejected.append((str(path), "no such file or folder"))
+        counts[StoreStatus.REJECTED] += 1
+    present = [p for p in paths if p.exists()]
+    with tqdm(total=_count_sources(present), unit="file", disable=quiet, file=sys.stderr) as bar:
+        for name, source in _import_sources(present):
+            try:
+                outcome: StoreOutcome = (
+                    archive.ingest_path(source) if isinstance(source, Path) else archive.ingest_stream(source)
+                )
+            except OSError as exc:
+                outcome = StoreOutcome(StoreStatus.REJECTED, reason=f"cannot read: {exc.strerror or exc}")
+            counts[outcome.status] += 1
+            if not outcome.ok:
+                rejected.append((name, outcome.reason))
+            bar.update(1)
+    return counts, rejected
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    archive = Archive(settings)
+    try:
+        counts, rejected = import_paths(archive, [Path(p) for p in args.paths], quiet=args.quiet)
+    finally:
+        archive.close()
+    for name, reason in rejected:
+        print(f"rejected {name}: {reason}", file=sys.stderr)
+    stored = counts[StoreStatus.STORED] + counts[StoreStatus.REPLACED]
+    present = counts[StoreStatus.ALREADY_PRESENT] + counts[StoreStatus.KEPT_EXISTING]
+    print(f"{stored} stored, {present} already present, {counts[StoreStatus.REJECTED]} rejected")
+    return 1 if counts[StoreStatus.REJECTED] else 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from server.serve import serve
+
+    serve(settings)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Fill an empty archive with the generated demo cases, then serve it."""
+    from sample_data.demo import write_demo_archive
+
+    archive = Archive(settings)
+    try:
+        with archive.sessions() as session:
+            from sqlalchemy import func, select
+
+            from server.archive.models import Instance
+
+            empty = not session.scalar(select(func.count()).select_from(Instance))
+        if empty:
+            demo_dir = settings.data_dir / "demo-source"
+            print(f"generating demo cases in {demo_dir} ...", file=sys.stderr)
+            files = write_demo_archive(demo_dir)
+            counts, rejected = import_paths(archive, files, quiet=args.quiet)
+            for name, reason in rejected:
+                print(f"rejected {name}: {reason}", file=sys.stderr)
+            print(f"demo archive: {counts[StoreStatus.STORED]} instances stored", file=sys.stderr)
+    finally:
+        archive.close()
+    if args.no_serve:
+        return 0
+    print(f"open http://{settings.host}:{settings.port}/ in a browser", file=sys.stderr)
+    return cmd_serve(args, settings)
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    archive = Archive(settings)
+    try:
+        report = archive.reconcile(repair=args.repair)
+    finally:
+        archive.close()
+    for uid in report.missing_files:
+        print(f"indexed instance without its file: {uid}")
+    for digest in report.orphan_files:
+        print(f"file without index row: {digest}{' (indexed now)' if report.repaired else ''}")
+    print(
+        f"{len(report.missing_files)} missing files, {len(report.orphan_files)} unindexed files, {report.removed_temp_files} interrupted uploads removed"
+    )
+    return 0 if report.clean or (report.repaired and not report.missing_files) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tessera", description="Specialty imaging viewer server over one DICOM archive."
+    )
+    parser.add_argument("--data-dir", help="data folder (TESSERA_DATA_DIR; default ./tessera-data)")
+    parser.add_argument(
+        "--database-url",
+        help="SQLAlchemy URL of the index (TESSERA_DATABASE_URL; default SQLite in the data folder)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def server_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", help="HTTP address to bind (TESSERA_HOST; default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="HTTP port (TESSERA_PORT; default 8042)")
+        p.add_argument(
+            "--processes",
+            type=int,
+            help="HTTP processes sharing the port; 0 = one per core (TESSERA_PROCESSES)",
+        )
+        p.add_argument("--dicom-port", type=int, help="DICOM port (TESSERA_DICOM_PORT; default 11112)")
+        p.add_argument("--no-dicom", action="store_true", help="do not listen for DICOM associations")
+
+    serve = sub.add_parser("serve", help="serve the archive over HTTP (DICOMweb, viewers) and DICOM")
+    server_options(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="generate demo cases into an empty archive, then serve it")
+    server_options(demo)
+    demo.add_argument("--no-serve", action="store_true", help="only fill the archive")
+    demo.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(func=cmd_demo)
+
+    imp = sub.add_parser("import", help="import DICOM files, folders (recursively) and zip files")
+    imp.add_argument("paths", nargs="+", metavar="PATH")
+    imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=cmd_import)
+
+    rec = sub.add_parser("reconcile", help="compare the index with the stored files after a crash")
+    rec.add_argument("--repair", action="store_true", help="index complete files that have no index row")
+    rec.set_defaults(func=cmd_reconcile)
+
+    try:
+        from server.dimse.cli import add_commands
+    except ImportError:
+        pass
+    else:
+        add_commands(sub)
+    for command in sub.choices.values():  # every command takes the deployment options
+        command.add_argument("--data-dir", help="data folder (TESSERA_DATA_DIR; default ./tessera-data)")
+        command.add_argument(
+            "--database-url",
+            help="SQLAlchemy URL of the index (TESSERA_DATABASE_URL; default SQLite in the data folder)",
+        )
+        command.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "data_dir": Path(args.data_dir) if args.data_dir else None,
+        "database_url": args.database_url,
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "processes": getattr(args, "processes", None),
+        "dicom_port": getattr(args, "dicom_port", None),
+    }
+    if getattr(args, "no_dicom", False):
+        overrides["dicom_enabled"] = False
+    return load_settings(**overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"tessera: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return int(args.func(args, settings) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

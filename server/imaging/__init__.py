@@ -1,0 +1,1 @@
+"""Pixel data: decoding stored frames and rendering them for display."""

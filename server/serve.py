@@ -1,0 +1,168 @@
+"""Starting a Tessera process: the archive, the modules, HTTP and the DICOM services."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.process import fork_processes, task_id
+
+from server.archive.archive import Archive
+from server.config import Settings
+from server.context import ServerContext
+from server.modules import ModuleRegistry
+from server.web.app import make_app
+
+log = logging.getLogger(__name__)
+
+
+def build_context(
+    settings: Settings, registry: ModuleRegistry | None = None, *, migrate: bool = True
+) -> ServerContext:
+    """Open the archive, load the modules, and connect ingest events to them."""
+    archive = Archive(settings, run_migrations=migrate)
+    executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="tessera")
+    archive.set_notify_executor(ThreadPoolExecutor(2, thread_name_prefix="tessera-derive"))
+    ctx = ServerContext(settings=settings, archive=archive, executor=executor)
+    ctx.registry = registry if registry is not None else ModuleRegistry.discover()
+    ctx.registry.setup(ctx)
+    archive.add_listener(ctx.registry.dispatch)
+    return ctx
+
+
+def make_http_server(ctx: ServerContext) -> HTTPServer:
+    return HTTPServer(
+        make_app(ctx),
+        xheaders=True,
+        max_body_size=ctx.settings.max_upload_bytes,
+        max_buffer_size=64 * 1024 * 1024,  # non-streamed bodies; STOW-RS streams
+        idle_connection_timeout=120,
+        body_timeout=600,
+    )
+
+
+def start_dimse(ctx: ServerContext) -> Any:
+    """The DICOM network services, if this build has them and they are enabled."""
+    if not ctx.settings.dicom_enabled:
+        return None
+    try:
+        from server.dimse.service import start_dimse as start
+    except ImportError:
+        log.warning("DICOM networking is not available in this build")
+        return None
+    return start(ctx)
+
+
+def serve(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM. With processes != 1, forks children that share the port."""
+    Archive(settings).close()  # migrate once, before any fork
+    reconcile_report = None
+    sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.processes != 1)
+    processes = settings.processes if settings.processes > 0 else (os.cpu_count() or 1)
+    if processes > 1:
+        fork_processes(processes)
+    ctx = build_context(settings, migrate=False)
+    first = task_id() in (None, 0)
+    if first:
+        reconcile_report = ctx.archive.reconcile(repair=True)
+        if not reconcile_report.clean:
+            log.warning(
+                "reconcile: %d indexed instances have no file; %d unindexed files were indexed",
+                len(reconcile_report.missing_files),
+                len(reconcile_report.orphan_files),
+            )
+    dimse = start_dimse(ctx) if first else None
+
+    async def main() -> None:
+        server = make_http_server(ctx)  # created inside the running loop it will serve on
+        server.add_sockets(sockets)
+        log.info("Tessera serving http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
+        if dimse is not None:
+            log.info("DICOM services: AE %s on port %d", settings.ae_title, settings.dicom_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        if dimse is not None:
+            dimse.shutdown()
+        ctx.executor.shutdown(wait=False, cancel_futures=True)
+        ctx.archive.close()
+
+
+@dataclass
+class BackgroundServer:
+    """A whole Tessera server on its own event loop in a thread (for tests and benchmarks)."""
+
+    ctx: ServerContext
+    port: int
+    dimse: Any
+    _loop: asyncio.AbstractEventLoop
+    _thread: threading.Thread
+    _server: HTTPServer
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    @property
+    def dicom_port(self) -> int:
+        return self.ctx.settings.dicom_port
+
+    @classmethod
+    def start(cls, settings: Settings, registry: ModuleRegistry | None = None) -> BackgroundServer:
+        ctx = build_context(settings, registry)
+        sockets = bind_sockets(settings.port, "127.0.0.1")
+        port = sockets[0].getsockname()[1]
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        holder: dict[str, HTTPServer] = {}
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+
+            async def setup() -> None:
+                server = make_http_server(ctx)
+                server.add_sockets(sockets)
+                holder["server"] = server
+                ready.set()
+
+            loop.run_until_complete(setup())
+            loop.run_forever()
+
+        thread = threading.Thread(target=run, name="tessera-http", daemon=True)
+        thread.start()
+        ready.wait(10)
+        dimse = start_dimse(ctx)
+        return cls(ctx, port, dimse, loop, thread, holder["server"])
+
+    def stop(self) -> None:
+        if self.dimse is not None:
+            self.dimse.shutdown()
+
+        async def shutdown() -> None:
+            self._server.stop()
+            await self._server.close_all_connections()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self.ctx.executor.shutdown(wait=False, cancel_futures=True)
+        self.ctx.archive.close()

@@ -1,0 +1,1 @@
+"""The tornado application: routing, error bodies, static files, the OpenAPI document."""

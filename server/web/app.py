@@ -1,0 +1,67 @@
+"""Assembles the tornado application: DICOMweb, the JSON API, modules, the frontend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tornado.web import Application, RedirectHandler, StaticFileHandler
+
+from server.context import ServerContext
+from server.dicomweb.routes import dicomweb_routes
+from server.web.api import HealthHandler, ModulesHandler, StudyHandler
+from server.web.base import CONTENT_SECURITY_POLICY, NotFoundHandler
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+STATIC_DIR = PROJECT_ROOT / "static"
+OPENSEADRAGON_DIR = PROJECT_ROOT / "node_modules" / "openseadragon" / "build" / "openseadragon"
+OPENAPI = Path(__file__).with_name("openapi.json")
+UID = r"[0-9]+(?:\.[0-9]+)*"
+
+
+class FrontendFile(StaticFileHandler):
+    """Static files with the same security headers as every other response."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/problem+json")
+        self.finish({"type": "about:blank", "status": status_code, "title": self._reason})
+
+
+def make_app(ctx: ServerContext) -> Application:
+    k = {"ctx": ctx}
+    routes: list[Any] = [
+        *dicomweb_routes(ctx),
+        (rf"/api/studies/({UID})/?$", StudyHandler, k),
+        (r"/api/modules/?$", ModulesHandler, k),
+        (r"/api/health/?$", HealthHandler, k),
+        (r"/api/(openapi\.json)$", FrontendFile, {"path": str(OPENAPI.parent)}),
+        (r"/()$", FrontendFile, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
+        (r"/viewer$", RedirectHandler, {"url": "/viewer/"}),
+        (
+            r"/viewer/()$",
+            FrontendFile,
+            {"path": str(STATIC_DIR / "viewer"), "default_filename": "index.html"},
+        ),
+        (r"/static/(.*)$", FrontendFile, {"path": str(STATIC_DIR)}),
+        (r"/vendor/openseadragon/(.*)$", FrontendFile, {"path": str(OPENSEADRAGON_DIR)}),
+    ]
+    registry = ctx.registry
+    for module in registry.modules if registry is not None else []:
+        for spec in module.routes(ctx):
+            pattern = f"/{module.id}/{spec.pattern.lstrip('/')}"
+            routes.append((pattern, spec.handler, {"ctx": ctx, **spec.kwargs}))
+        if module.static_dir is not None:
+            routes.append((rf"/{module.id}/static/(.*)$", FrontendFile, {"path": str(module.static_dir)}))
+    return Application(
+        routes,
+        default_handler_class=NotFoundHandler,
+        default_handler_args=k,
+        compress_response=True,
+        xsrf_cookies=False,
+        serve_traceback=False,
+    )
