@@ -175,7 +175,7 @@ def _index_native(
 ) -> FrameIndex | None:
     if value_offset + length > file_size:
         raise PixelDataError(
-            f"Pixel Data declares {length} bytes but the file ends {file_size - value_offset} bytes after it starts"
+            f"Pixel Data declares {length} bytes but only {file_size - value_offset} remain in the file (file truncated)"
         )
     if "Rows" not in ds or "Columns" not in ds:
         raise PixelDataError("Pixel Data present without Rows/Columns")
