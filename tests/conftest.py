@@ -17,7 +17,9 @@ from server.config import Settings, load_settings
 from server.context import ServerContext
 from server.serve import BackgroundServer, build_context
 
-POSTGRES_ADMIN_URL = os.environ.get("TESSERA_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TESSERA_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/postgres"
+)
 
 
 def free_port() -> int:
@@ -110,7 +112,9 @@ def ctx(settings: Settings) -> Iterator[ServerContext]:
 
 
 @pytest.fixture
-def tessera_server_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., BackgroundServer]]:
+def tessera_server_factory(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., BackgroundServer]]:
     """Start whole Tessera servers (HTTP, and DIMSE when dicom_enabled=True) in this process.
 
     Uses the test's ``db_url`` when the test asks for it, SQLite otherwise.

@@ -20,7 +20,8 @@ from tests.dicom_cases import bad_inputs, ct_bytes, to_bytes
 def _counts(archive: Archive) -> tuple[int, int, int, int]:
     with archive.sessions() as session:
         return tuple(  # type: ignore[return-value]
-            session.scalar(select(func.count()).select_from(model)) for model in (Patient, Study, Series, Instance)
+            session.scalar(select(func.count()).select_from(model))
+            for model in (Patient, Study, Series, Instance)
         )
 
 
@@ -51,10 +52,14 @@ def test_blob_is_content_addressed_and_bytes_kept(archive: Archive, varied_files
     assert not any(archive.blobs.tmp_dir.iterdir()), "no temp file is left behind"
 
 
-def test_every_frame_index_reads_the_frames_pydicom_decodes(archive: Archive, varied_files: list[Path]) -> None:
+def test_every_frame_index_reads_the_frames_pydicom_decodes(
+    archive: Archive, varied_files: list[Path]
+) -> None:
     for path in varied_files:
         outcome = archive.ingest_path(path)
-        (stored,) = archive.stored_instances(outcome.study_instance_uid, sop_uid=outcome.sop_instance_uid, with_frame_index=True)
+        (stored,) = archive.stored_instances(
+            outcome.study_instance_uid, sop_uid=outcome.sop_instance_uid, with_frame_index=True
+        )
         reference = dcmread(path)
         expected = reference.pixel_array
         header = dcmread(path, stop_before_pixels=True)
@@ -153,10 +158,17 @@ def test_reconcile_finds_missing_files_and_indexes_orphans(archive: Archive) -> 
 def test_header_json_keeps_bulk_data_out(archive: Archive, varied_files: list[Path]) -> None:
     import json
 
-    palette = next(p for p in varied_files if dcmread(p, stop_before_pixels=True).PhotometricInterpretation == "PALETTE COLOR")
+    palette = next(
+        p
+        for p in varied_files
+        if dcmread(p, stop_before_pixels=True).PhotometricInterpretation == "PALETTE COLOR"
+    )
     outcome = archive.ingest_path(palette)
     header = json.loads(archive.headers([outcome.sop_instance_uid])[outcome.sop_instance_uid])
-    assert header["7FE00010"] == {"vr": "OW", "BulkDataURI": "bulk/7FE00010"} or header["7FE00010"]["BulkDataURI"]
+    assert (
+        header["7FE00010"] == {"vr": "OW", "BulkDataURI": "bulk/7FE00010"}
+        or header["7FE00010"]["BulkDataURI"]
+    )
     assert header["00100010"]["Value"][0]["Alphabetic"]
     assert len(json.dumps(header)) < 20_000
 

@@ -16,7 +16,9 @@ from server.serve import BackgroundServer
 
 
 @pytest.fixture
-def loaded(db_url: str, tessera_server: BackgroundServer, varied_files: list[Path]) -> tuple[DICOMwebClient, BackgroundServer]:
+def loaded(
+    db_url: str, tessera_server: BackgroundServer, varied_files: list[Path]
+) -> tuple[DICOMwebClient, BackgroundServer]:
     client = DICOMwebClient(tessera_server.url + "/dicom-web")
     datasets = [dcmread(p) for p in varied_files]
     by_study: dict[str, list[Dataset]] = {}
@@ -33,7 +35,9 @@ def _by_sop(files: list[Path]) -> dict[str, Path]:
     return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
 
 
-def test_search_studies_series_instances(loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]) -> None:
+def test_search_studies_series_instances(
+    loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]
+) -> None:
     client, _ = loaded
     studies = client.search_for_studies()
     assert len(studies) == 4
@@ -55,7 +59,9 @@ def test_search_studies_series_instances(loaded: tuple[DICOMwebClient, Backgroun
     assert by_tag[0]["00081030"]["Value"]
 
 
-def test_retrieved_instance_equals_stored_bytes(loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]) -> None:
+def test_retrieved_instance_equals_stored_bytes(
+    loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]
+) -> None:
     client, server = loaded
     for sop, path in _by_sop(varied_files).items():
         ds = dcmread(path, stop_before_pixels=True)
@@ -72,18 +78,24 @@ def test_retrieved_instance_equals_stored_bytes(loaded: tuple[DICOMwebClient, Ba
         assert retrieved.SOPInstanceUID == sop
 
 
-def test_study_retrieve_returns_every_instance(loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]) -> None:
+def test_study_retrieve_returns_every_instance(
+    loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]
+) -> None:
     client, _ = loaded
     ds = dcmread(varied_files[0], stop_before_pixels=True)
     instances = client.retrieve_study(ds.StudyInstanceUID)
     assert len(instances) == 16
 
 
-def test_metadata_round_trips_to_the_same_dataset(loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]) -> None:
+def test_metadata_round_trips_to_the_same_dataset(
+    loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]
+) -> None:
     client, _ = loaded
     for sop, path in _by_sop(varied_files).items():
         original = dcmread(path, stop_before_pixels=True)
-        metadata = client.retrieve_instance_metadata(original.StudyInstanceUID, original.SeriesInstanceUID, sop)
+        metadata = client.retrieve_instance_metadata(
+            original.StudyInstanceUID, original.SeriesInstanceUID, sop
+        )
         assert "BulkDataURI" in metadata["7FE00010"]
         rebuilt = Dataset.from_json({k: v for k, v in metadata.items() if "BulkDataURI" not in v})
         for element in original:
@@ -92,17 +104,31 @@ def test_metadata_round_trips_to_the_same_dataset(loaded: tuple[DICOMwebClient, 
             assert rebuilt[element.tag].value == element.value, (path.name, element.keyword)
 
 
-def test_frames_come_back_in_the_negotiated_syntax(loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]) -> None:
+def test_frames_come_back_in_the_negotiated_syntax(
+    loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]
+) -> None:
     client, server = loaded
-    us_path = next(p for p in varied_files if dcmread(p, stop_before_pixels=True).Modality == "US" and "NumberOfFrames" in dcmread(p, stop_before_pixels=True))
+    us_path = next(
+        p
+        for p in varied_files
+        if dcmread(p, stop_before_pixels=True).Modality == "US"
+        and "NumberOfFrames" in dcmread(p, stop_before_pixels=True)
+    )
     us = dcmread(us_path)
     from pydicom.encaps import generate_frames
 
     stored_frames = list(generate_frames(us.PixelData, number_of_frames=int(us.NumberOfFrames)))
     args = (us.StudyInstanceUID, us.SeriesInstanceUID, us.SOPInstanceUID)
-    jpeg = client.retrieve_instance_frames(*args, frame_numbers=[2, 5], media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),))
-    assert [bytes(f) for f in jpeg] == [stored_frames[1].rstrip(b"\0") if stored_frames[1].endswith(b"\xff\xd9\0") else stored_frames[1], stored_frames[4].rstrip(b"\0") if stored_frames[4].endswith(b"\xff\xd9\0") else stored_frames[4]]
-    native = client.retrieve_instance_frames(*args, frame_numbers=[3], media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),))
+    jpeg = client.retrieve_instance_frames(
+        *args, frame_numbers=[2, 5], media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),)
+    )
+    assert [bytes(f) for f in jpeg] == [
+        stored_frames[1].rstrip(b"\0") if stored_frames[1].endswith(b"\xff\xd9\0") else stored_frames[1],
+        stored_frames[4].rstrip(b"\0") if stored_frames[4].endswith(b"\xff\xd9\0") else stored_frames[4],
+    ]
+    native = client.retrieve_instance_frames(
+        *args, frame_numbers=[3], media_types=(("application/octet-stream", "1.2.840.10008.1.2.1"),)
+    )
     pixels = np.frombuffer(native[0], np.uint8).reshape(int(us.Rows), int(us.Columns), 3)
     reference = us.pixel_array[2]
     assert np.abs(pixels.astype(int) - reference.astype(int)).mean() < 1.0
@@ -114,15 +140,26 @@ def test_frames_come_back_in_the_negotiated_syntax(loaded: tuple[DICOMwebClient,
     assert response.status_code == 406 and response.headers["Content-Type"] == "application/problem+json"
 
 
-def test_native_frames_pass_through(loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]) -> None:
+def test_native_frames_pass_through(
+    loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]
+) -> None:
     client, _ = loaded
-    ct = next(dcmread(p) for p in varied_files if dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1" and dcmread(p, stop_before_pixels=True).Modality == "CT")
-    (frame,) = client.retrieve_instance_frames(ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID, frame_numbers=[1])
+    ct = next(
+        dcmread(p)
+        for p in varied_files
+        if dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+        and dcmread(p, stop_before_pixels=True).Modality == "CT"
+    )
+    (frame,) = client.retrieve_instance_frames(
+        ct.StudyInstanceUID, ct.SeriesInstanceUID, ct.SOPInstanceUID, frame_numbers=[1]
+    )
     assert bytes(frame) == ct.PixelData
 
 
 @pytest.mark.parametrize("modality_or_photometric", ["MONOCHROME1", "PALETTE COLOR", "YBR_FULL_422", "CT"])
-def test_rendered_images(loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path], modality_or_photometric: str) -> None:
+def test_rendered_images(
+    loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path], modality_or_photometric: str
+) -> None:
     _, server = loaded
     for path in varied_files:
         ds = dcmread(path, stop_before_pixels=True)
@@ -142,19 +179,34 @@ def test_rendered_images(loaded: tuple[DICOMwebClient, BackgroundServer], varied
         assert image[high].mean() < image[low].mean()
     if modality_or_photometric in ("PALETTE COLOR", "YBR_FULL_422"):
         assert image.ndim == 3 and image.shape[2] == 3
-    windowed = requests.get(base + "/frames/1/rendered?window=40,400&viewport=64,64&quality=80", headers={"Accept": "image/jpeg"}, timeout=10)
+    windowed = requests.get(
+        base + "/frames/1/rendered?window=40,400&viewport=64,64&quality=80",
+        headers={"Accept": "image/jpeg"},
+        timeout=10,
+    )
     assert windowed.status_code == 200
     assert max(Image.open(io.BytesIO(windowed.content)).size) == 64
-    thumb = requests.get(f"{server.url}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/thumbnail", timeout=10)
+    thumb = requests.get(
+        f"{server.url}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/thumbnail",
+        timeout=10,
+    )
     assert thumb.status_code == 200 and max(Image.open(io.BytesIO(thumb.content)).size) <= 128
 
 
-def test_ct_window_applies_rescale(loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]) -> None:
+def test_ct_window_applies_rescale(
+    loaded: tuple[DICOMwebClient, BackgroundServer], varied_files: list[Path]
+) -> None:
     _, server = loaded
     ds = next(dcmread(p) for p in varied_files if dcmread(p, stop_before_pixels=True).Modality == "CT")
     base = f"{server.url}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}/rendered"
     # A window of [-1000, -900] HU: air is mid-grey-to-white, soft tissue (0..100 HU) is white.
-    image = np.asarray(Image.open(io.BytesIO(requests.get(base + "?window=-950,100", headers={"Accept": "image/png"}, timeout=10).content)))
+    image = np.asarray(
+        Image.open(
+            io.BytesIO(
+                requests.get(base + "?window=-950,100", headers={"Accept": "image/png"}, timeout=10).content
+            )
+        )
+    )
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     soft = (hu > 0) & (hu < 100)
     assert image[soft].mean() > 250

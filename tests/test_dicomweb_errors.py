@@ -18,8 +18,13 @@ def _multipart(*parts: bytes, content_type: str = "application/dicom") -> bytes:
     return body + f"--{BOUNDARY}--\r\n".encode()
 
 
-def _stow(server: BackgroundServer, body: bytes, content_type: str | None = None, path: str = "/dicom-web/studies") -> requests.Response:
-    headers = {"Content-Type": content_type or f'multipart/related; type="application/dicom"; boundary={BOUNDARY}', "Accept": "application/dicom+json"}
+def _stow(
+    server: BackgroundServer, body: bytes, content_type: str | None = None, path: str = "/dicom-web/studies"
+) -> requests.Response:
+    headers = {
+        "Content-Type": content_type or f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+        "Accept": "application/dicom+json",
+    }
     return requests.post(server.url + path, data=body, headers=headers, timeout=30)
 
 
@@ -68,18 +73,37 @@ def test_instance_of_another_study_is_refused_on_study_url(tessera_server: Backg
 
 def test_wrong_content_type_is_415(tessera_server: BackgroundServer) -> None:
     _is_problem(_stow(tessera_server, ct_bytes(), content_type="application/json"), 415)
-    _is_problem(_stow(tessera_server, _multipart(ct_bytes()), content_type=f'multipart/related; type="application/json"; boundary={BOUNDARY}'), 415)
+    _is_problem(
+        _stow(
+            tessera_server,
+            _multipart(ct_bytes()),
+            content_type=f'multipart/related; type="application/json"; boundary={BOUNDARY}',
+        ),
+        415,
+    )
     _still_serving(tessera_server)
 
 
 def test_non_dicom_part_type_is_a_failed_entry(tessera_server: BackgroundServer) -> None:
-    response = _stow(tessera_server, _multipart(ct_bytes(), content_type="text/plain"), content_type=f"multipart/related; boundary={BOUNDARY}")
+    response = _stow(
+        tessera_server,
+        _multipart(ct_bytes(), content_type="text/plain"),
+        content_type=f"multipart/related; boundary={BOUNDARY}",
+    )
     assert response.status_code == 409
 
 
 def test_malformed_multipart_is_400(tessera_server: BackgroundServer) -> None:
-    _is_problem(_stow(tessera_server, b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + ct_bytes()), 400)
-    _is_problem(_stow(tessera_server, ct_bytes(), content_type="multipart/related; type=\"application/dicom\""), 400)
+    _is_problem(
+        _stow(
+            tessera_server,
+            b"--" + BOUNDARY.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + ct_bytes(),
+        ),
+        400,
+    )
+    _is_problem(
+        _stow(tessera_server, ct_bytes(), content_type='multipart/related; type="application/dicom"'), 400
+    )
     assert _instance_count(tessera_server) == 0
     assert not any(tessera_server.ctx.archive.blobs.tmp_dir.iterdir())
 
@@ -145,17 +169,37 @@ def test_frame_and_render_parameters_are_checked(tessera_server: BackgroundServe
     _is_problem(requests.get(url + "/rendered?viewport=0,10", timeout=10), 400)
     _is_problem(requests.get(url + "/rendered?quality=500", timeout=10), 400)
     _is_problem(requests.get(url + "/rendered", headers={"Accept": "application/pdf"}, timeout=10), 406)
-    _is_problem(requests.get(url, headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'}, timeout=10), 406)
+    _is_problem(
+        requests.get(
+            url,
+            headers={
+                "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.80'
+            },
+            timeout=10,
+        ),
+        406,
+    )
     _still_serving(tessera_server)
 
 
 def test_wildcards_match_and_sql_metacharacters_are_literal(tessera_server: BackgroundServer) -> None:
     for uid, name in [("1.2.3.1", "Percent%Name"), ("1.2.3.2", "Under_Score"), ("1.2.3.3", "PlainXName")]:
-        body = _multipart(ct_bytes(SOPInstanceUID=uid, StudyInstanceUID=uid + ".1", SeriesInstanceUID=uid + ".2", PatientName=name, PatientID=uid))
+        body = _multipart(
+            ct_bytes(
+                SOPInstanceUID=uid,
+                StudyInstanceUID=uid + ".1",
+                SeriesInstanceUID=uid + ".2",
+                PatientName=name,
+                PatientID=uid,
+            )
+        )
         assert _stow(tessera_server, body).status_code == 200
 
     def names(query: str) -> list[str]:
-        return sorted(s["00100010"]["Value"][0]["Alphabetic"] for s in requests.get(f"{tessera_server.url}/dicom-web/studies?{query}", timeout=10).json())
+        return sorted(
+            s["00100010"]["Value"][0]["Alphabetic"]
+            for s in requests.get(f"{tessera_server.url}/dicom-web/studies?{query}", timeout=10).json()
+        )
 
     assert names("PatientName=Percent%25Name") == ["Percent%Name"]
     assert names("PatientName=Under_Score") == ["Under_Score"]
