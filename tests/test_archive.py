@@ -34,7 +34,7 @@ def test_ingest_varied_set_indexes_every_instance(archive: Archive, varied_files
     assert all(o.status is StoreStatus.STORED for o in outcomes), [o.reason for o in outcomes if not o.ok]
     patients, studies, series, instances = _counts(archive)
     assert instances == len(varied_files) == _blob_count(archive)
-    assert patients == 4 and studies == 4
+    assert patients == 4 and studies == 4 and series == 9
     with archive.sessions() as session:
         ct_study = session.scalars(select(Study).where(Study.accession_number == "ACC-1001")).one()
         assert ct_study.modalities_in_study == "CT\\OT"
@@ -48,7 +48,7 @@ def test_blob_is_content_addressed_and_bytes_kept(archive: Archive, varied_files
     outcome = archive.ingest_path(path)
     (stored,) = archive.stored_instances(outcome.study_instance_uid, sop_uid=outcome.sop_instance_uid)
     assert stored.path.read_bytes() == path.read_bytes()
-    assert stored.path.name == stored.sha256 and stored.path.parent.name == stored.sha256[2:4]
+    assert stored.path.name == stored.sha256 and stored.path.parent.name == stored.sha256[:2]
     assert not any(archive.blobs.tmp_dir.iterdir()), "no temp file is left behind"
 
 

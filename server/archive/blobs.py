@@ -1,5 +1,9 @@
 """Content-addressed blob store: a stored instance's bytes live at a path made from their SHA-256.
 
+Layout: ``root/ab/<sha256>`` where ``ab`` are the hash's first two hex digits. The 256
+folders are made (and made durable) once, so storing a blob never creates a directory
+and costs exactly two fsyncs: the file, then its folder after the rename.
+
 Paths are generated here only, from the hash; nothing from a DICOM value or a URL
 ever becomes part of a filesystem path. Writes are durable before they are
 acknowledged: temp file -> fsync -> rename -> fsync of the directory.
@@ -20,18 +24,23 @@ CHUNK = 1024 * 1024
 
 
 class BlobStore:
-    """Immutable blobs under ``root/ab/cd/<sha256>``; a temp area on the same filesystem."""
+    """Immutable blobs under ``root/ab/<sha256>``; a temp area on the same filesystem."""
 
     def __init__(self, root: Path, tmp_dir: Path) -> None:
         self.root = root
         self.tmp_dir = tmp_dir
-        root.mkdir(parents=True, exist_ok=True)
         tmp_dir.mkdir(parents=True, exist_ok=True)
+        if not (root / "ff").is_dir():
+            root.mkdir(parents=True, exist_ok=True)
+            for prefix in range(256):
+                (root / f"{prefix:02x}").mkdir(exist_ok=True)
+            _fsync_dir(root)
+            _fsync_dir(root.parent)
 
     def path_for(self, sha256: str) -> Path:
         if not _HEX64.match(sha256):
             raise ValueError("not a SHA-256 hex digest")
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+        return self.root / sha256[:2] / sha256
 
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()
@@ -48,7 +57,6 @@ class BlobStore:
             # Same hash means same bytes: keep the existing file, drop the temp copy.
             temp.unlink(missing_ok=True)
             return final
-        final.parent.mkdir(parents=True, exist_ok=True)
         with open(temp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(temp, final)
@@ -61,7 +69,7 @@ class BlobStore:
 
     def iter_hashes(self) -> Iterator[str]:
         """Every blob on disk (for reconciliation with the index)."""
-        for path in self.root.glob("??/??/*"):
+        for path in self.root.glob("??/*"):
             if _HEX64.match(path.name):
                 yield path.name
 

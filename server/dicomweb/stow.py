@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -93,20 +94,19 @@ class StowHandler(BaseHandler):
             self.reader = None
         if not parts:
             raise ProblemError(400, "the multipart body has no parts")
-        outcomes: list[StoreOutcome] = []
-        for part in parts:
-            if part.content_type not in ("application/dicom", ""):
-                part.path.unlink(missing_ok=True)
-                outcomes.append(
-                    StoreOutcome(
-                        StoreStatus.REJECTED,
-                        failure_status=SOP_UNSUPPORTED_MEDIA,
-                        reason=f"part of type {part.content_type} is not application/dicom",
-                    )
-                )
-                continue
-            outcomes.append(await self.run_blocking(self._ingest, part, study_uid))
+        # Parts are stored concurrently: fsync waits overlap and the event loop stays free.
+        outcomes = list(await asyncio.gather(*(self._store_part(part, study_uid) for part in parts)))
         self._respond(outcomes, study_uid)
+
+    async def _store_part(self, part: ReceivedPart, study_uid: str | None) -> StoreOutcome:
+        if part.content_type not in ("application/dicom", ""):
+            part.path.unlink(missing_ok=True)
+            return StoreOutcome(
+                StoreStatus.REJECTED,
+                failure_status=SOP_UNSUPPORTED_MEDIA,
+                reason=f"part of type {part.content_type} is not application/dicom",
+            )
+        return await self.run_blocking(self._ingest, part, study_uid)
 
     def _ingest(self, part: ReceivedPart, study_uid: str | None) -> StoreOutcome:
         digest = part.sha256 or hash_file(part.path)

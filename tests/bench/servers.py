@@ -1,0 +1,108 @@
+"""Servers under benchmark, each in its own process on loopback: Tessera and (if installed) Orthanc."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class TesseraProcess:
+    def __init__(
+        self, data_dir: Path, database_url: str = "", processes: int = 1, dicom: bool = False
+    ) -> None:
+        self.port = free_port()
+        self.dicom_port = free_port()
+        env = {
+            **os.environ,
+            "TESSERA_DATA_DIR": str(data_dir),
+            "TESSERA_DATABASE_URL": database_url,
+            "TESSERA_PORT": str(self.port),
+            "TESSERA_PROCESSES": str(processes),
+            "TESSERA_DICOM_ENABLED": "true" if dicom else "false",
+            "TESSERA_DICOM_PORT": str(self.dicom_port),
+            "TESSERA_DICOM_ALLOW_UNKNOWN": "true",
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_http(self.url + "/api/health")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(20)
+
+
+class OrthancProcess:
+    """Orthanc from Debian's package, configured like Tessera: loopback, no auth, its default SQLite."""
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("Orthanc") is not None
+
+    def __init__(self, work: Path) -> None:
+        self.port = free_port()
+        self.dicom_port = free_port()
+        work.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(work / "storage"),
+            "IndexDirectory": str(work / "index"),
+            "HttpPort": self.port,
+            "DicomPort": self.dicom_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAet": "ORTHANC",
+            "DicomCheckCalledAet": False,
+            "UnknownSopClassAccepted": True,
+            "Plugins": ["/usr/share/orthanc/plugins"] if Path("/usr/share/orthanc/plugins").exists() else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "StorageCompression": False,
+        }
+        (work / "orthanc.json").write_text(json.dumps(config))
+        self.proc = subprocess.Popen(
+            ["Orthanc", str(work / "orthanc.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_http(self.url + "/system")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(20)
