@@ -11,7 +11,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any
 
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
@@ -150,7 +150,7 @@ class Archive:
 
     # -- ingest --------------------------------------------------------------------------------
 
-    def ingest_stream(self, source: BinaryIO) -> StoreOutcome:
+    def ingest_stream(self, source: IO[bytes]) -> StoreOutcome:
         """Copy a readable stream into the store, then ingest it."""
         temp_fh, temp_path = self.blobs.new_temp()
         try:
@@ -221,7 +221,7 @@ class Archive:
         self, parsed: ParsedInstance, temp_path: Path, digest: str
     ) -> tuple[StoreOutcome, InstanceStored | None]:
         ds = parsed.dataset
-        ids = {
+        ids: dict[str, Any] = {
             "sop_class_uid": str(ds.SOPClassUID),
             "sop_instance_uid": str(ds.SOPInstanceUID),
             "study_instance_uid": str(ds.StudyInstanceUID),

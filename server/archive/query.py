@@ -242,7 +242,7 @@ def _condition(attribute: Attribute, value: str, fuzzy: bool) -> ColumnElement[b
     return or_(*(_text_condition(column, v) for v in values))
 
 
-def _base_select(level: QueryLevel) -> Select[Any]:
+def _base_select(level: QueryLevel) -> Any:
     if level is _P:
         return select(Patient)
     if level is _ST:
@@ -399,7 +399,7 @@ def run_query(session: Session, spec: QuerySpec) -> list[QueryResult]:
             if attribute is not None:
                 if attribute.level.value > spec.level.value:
                     continue
-                entity = entities.get(attribute.column.class_) if attribute.column is not None else None
+                entity = entities.get(attribute.column.class_) if attribute.column is not None else None  # type: ignore[arg-type]
                 value = (
                     getattr(entity, attribute.column.key)
                     if entity is not None and attribute.column is not None

@@ -15,7 +15,7 @@ _LEVELS = {"studies": QueryLevel.STUDY, "series": QueryLevel.SERIES, "instances"
 class QidoHandler(BaseHandler):
     """GET /studies, /series, /instances and their study/series-scoped forms."""
 
-    def initialize(self, ctx: ServerContext, level_name: str = "studies") -> None:  # type: ignore[override]
+    def initialize(self, ctx: ServerContext, level_name: str = "studies") -> None:
         super().initialize(ctx)
         self.level = _LEVELS[level_name]
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
+from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
 from server.archive.archive import StoreOutcome, StoreStatus
@@ -37,7 +38,9 @@ class StowHandler(BaseHandler):
             raise ProblemError(
                 413, f"the request body of {declared} bytes exceeds the limit of {limit} bytes"
             )
-        self.request.connection.set_max_body_size(limit)  # type: ignore[attr-defined]
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            connection.set_max_body_size(limit)
         content_type = self.request.headers.get("Content-Type", "")
         main = content_type.split(";", 1)[0].strip().lower()
         if main == "multipart/related":

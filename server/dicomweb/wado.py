@@ -176,7 +176,7 @@ def _native_frame(instance: StoredInstance, header: Dataset, frame: int) -> byte
 class BulkDataHandler(FramesHandler):
     """GET .../bulk/{tag}: the value of a top-level bulk-data element as octet-stream."""
 
-    async def get(self, study: str, series: str, sop: str, tag: str) -> None:  # type: ignore[override]
+    async def get(self, study: str, series: str, sop: str, tag: str) -> None:
         (instance,) = await self.instances(study, series, sop, with_index=True)
         if tag.upper() == "7FE00010":
             frames = list(range(1, instance.number_of_frames + 1))

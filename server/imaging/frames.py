@@ -6,6 +6,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom import dcmread
@@ -69,7 +70,7 @@ def decode_frame(instance: StoredInstance, header: Dataset, frame: int) -> np.nd
             "1.2.840.10008.1.2.1" if instance.transfer_syntax_uid in NATIVE else instance.transfer_syntax_uid
         )
         decoder = get_decoder(syntax)
-        options = {
+        options: dict[str, Any] = {
             "rows": int(header.Rows),
             "columns": int(header.Columns),
             "samples_per_pixel": int(header.get("SamplesPerPixel", 1)),
