@@ -196,26 +196,17 @@ def bench_ingest(work: Path, count: int, with_orthanc: bool) -> None:
         "in-process, one thread",
     )
     archive.close()
-    for label, db_url in (("SQLite", ""), ("PostgreSQL", None)):
-        url = new_pg_database() if db_url is None else db_url
-        server = TesseraProcess(work / f"stow-{label}", url)
-        try:
-            record(
-                f"tessera STOW-RS ({label})",
-                timed(lambda: stow(server.url, files)),
-                "25 instances/request, 1 client",
-            )
-        finally:
-            server.stop()
-        server = TesseraProcess(work / f"stow2-{label}", new_pg_database() if db_url is None else "")
-        try:
-            record(
-                f"tessera STOW-RS ({label}), 2 clients",
-                timed(lambda: stow(server.url, files, clients=2)),
-                "25 instances/request",
-            )
-        finally:
-            server.stop()
+    for label in ("SQLite", "PostgreSQL"):
+        for clients in (1, 2):
+            db_url = new_pg_database() if label == "PostgreSQL" else ""
+            server = TesseraProcess(work / f"stow-{label}-{clients}", db_url)
+            try:
+                seconds = timed(lambda s=server, c=clients: stow(s.url, files, clients=c))
+                record(f"tessera STOW-RS ({label}), {clients} client(s)", seconds, "25 instances/request")
+            finally:
+                server.stop()
+                if db_url:
+                    drop_pg_database(db_url)
     if with_orthanc and OrthancProcess.available():
         orthanc = OrthancProcess(work / "orthanc")
         try:
@@ -226,15 +217,15 @@ def bench_ingest(work: Path, count: int, with_orthanc: bool) -> None:
             )
         finally:
             orthanc.stop()
-        orthanc = OrthancProcess(work / "orthanc-stow")
-        try:
-            record(
-                "Orthanc STOW-RS (dicomweb plugin)",
-                timed(lambda: stow(orthanc.url, files)),
-                "25 instances/request, 1 client",
-            )
-        finally:
-            orthanc.stop()
+        for clients in (1, 2):
+            orthanc = OrthancProcess(work / f"orthanc-stow-{clients}")
+            try:
+                seconds = timed(lambda o=orthanc, c=clients: stow(o.url, files, clients=c))
+                record(
+                    f"Orthanc STOW-RS (dicomweb plugin), {clients} client(s)", seconds, "25 instances/request"
+                )
+            finally:
+                orthanc.stop()
     print_table(
         f"Ingest: {count} CT instances, {megabytes:.1f} MB (256 x 256 x 16 bit)",
         ["path", "instances/s", "MB/s", "note"],
