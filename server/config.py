@@ -47,7 +47,7 @@ class Settings:
     database_url: str = ""  # empty: SQLite inside data_dir
     host: str = "127.0.0.1"
     port: int = 8042
-    processes: int = 1  # HTTP server processes sharing the port; 0 = one per core
+    processes: int = 0  # HTTP server processes sharing the port; 0 = one per core
     dicom_enabled: bool = True
     dicom_port: int = 11112
     ae_title: str = "TESSERA"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -61,6 +63,15 @@ def start_dimse(ctx: ServerContext) -> Any:
     return start(ctx)
 
 
+def _end_with_parent() -> None:
+    """A child gets SIGTERM when the supervising parent dies, so stopping the parent stops all."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        log.warning("cannot tie worker %d to its parent's lifetime", os.getpid())
+
+
 def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM. With processes != 1, forks children that share the port."""
     Archive(settings).close()  # migrate once, before any fork
@@ -68,7 +79,8 @@ def serve(settings: Settings) -> None:
     sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.processes != 1)
     processes = settings.processes if settings.processes > 0 else (os.cpu_count() or 1)
     if processes > 1:
-        fork_processes(processes)
+        fork_processes(processes)  # the parent stays here, restarting children that die
+        _end_with_parent()
     ctx = build_context(settings, migrate=False)
     first = task_id() in (None, 0)
     if first:

@@ -120,6 +120,9 @@ class Archive:
         self.sessions = session_factory(self.engine)
         self.limits = GeometryLimits(settings.max_pixel_bytes, settings.max_frames)
         self._listeners: list[Callable[[InstanceStored], None]] = []
+        # Series UID -> (series pk, study pk) of committed rows; rows are never deleted, so this stays true.
+        self._known_series: dict[str, tuple[int, int]] = {}
+        self._pending_series: dict[Session, tuple[str, int, int]] = {}
         self._notify_executor: Executor | None = None
 
     def close(self) -> None:
@@ -255,12 +258,19 @@ class Archive:
                 try:
                     replaced_hash = self._index(session, parsed, digest, size, header, existing)
                     session.commit()
+                    pending = self._pending_series.pop(session, None)
+                    if pending is not None:  # remember only what is committed
+                        if len(self._known_series) > 100_000:
+                            self._known_series.clear()
+                        self._known_series[pending[0]] = (pending[1], pending[2])
                 except IntegrityError:
+                    self._pending_series.pop(session, None)
                     session.rollback()
                     if attempt == 4:
                         raise
                     continue  # a concurrent ingest created the same patient/study/series: retry
                 except Exception:
+                    self._pending_series.pop(session, None)
                     session.rollback()
                     self._drop_blob_if_unreferenced(digest)
                     raise
@@ -292,6 +302,21 @@ class Archive:
     ) -> str | None:
         ds = parsed.dataset
         now = dt.datetime.now(dt.UTC)
+        series_uid = str(ds.SeriesInstanceUID)
+        known = self._known_series.get(series_uid)
+        if known is not None and existing is None:
+            # The series exists (rows are never deleted): skip patient/study/series lookups.
+            series_pk, study_pk = known
+            self._insert_instance(
+                session,
+                parsed,
+                series_pk,
+                study_pk,
+                self._instance_values(parsed, digest, size, header, now),
+                False,
+                now,
+            )
+            return None
         patient_id = _text(ds, "PatientID", 64)
         issuer = _text(ds, "IssuerOfPatientID", 64)
         patient = session.scalar(
@@ -328,7 +353,6 @@ class Archive:
             )
             session.add(study)
             session.flush()
-        series_uid = str(ds.SeriesInstanceUID)
         series = session.scalar(select(Series).where(Series.series_instance_uid == series_uid))
         new_series = series is None
         if series is None:
@@ -347,7 +371,21 @@ class Archive:
             )
             session.add(series)
             session.flush()
-        values = {
+        self._pending_series[session] = (series_uid, series.id, study.id)
+        values = self._instance_values(parsed, digest, size, header, now)
+        if existing is not None:
+            replaced = existing.blob_sha256
+            for key, value in values.items():
+                setattr(existing, key, value)
+            return replaced
+        self._insert_instance(session, parsed, series.id, study.id, values, new_series, now)
+        return None
+
+    def _instance_values(
+        self, parsed: ParsedInstance, digest: str, size: int, header: str, now: dt.datetime
+    ) -> dict[str, Any]:
+        ds = parsed.dataset
+        return {
             "sop_class_uid": str(ds.SOPClassUID),
             "instance_number": _int_or_none(ds, "InstanceNumber"),
             "transfer_syntax_uid": parsed.transfer_syntax_uid,
@@ -369,15 +407,23 @@ class Archive:
             "header": header,
             "frame_index": parsed.frame_index.to_bytes() if parsed.frame_index is not None else None,
         }
-        if existing is not None:
-            replaced = existing.blob_sha256
-            for key, value in values.items():
-                setattr(existing, key, value)
-            return replaced
-        session.add(Instance(sop_instance_uid=str(ds.SOPInstanceUID), series_pk=series.id, **values))
+
+    def _insert_instance(
+        self,
+        session: Session,
+        parsed: ParsedInstance,
+        series_pk: int,
+        study_pk: int,
+        values: dict[str, Any],
+        new_series: bool,
+        now: dt.datetime,
+    ) -> None:
+        session.add(
+            Instance(sop_instance_uid=str(parsed.dataset.SOPInstanceUID), series_pk=series_pk, **values)
+        )
         session.execute(
             update(Series)
-            .where(Series.id == series.id)
+            .where(Series.id == series_pk)
             .values(number_of_instances=Series.number_of_instances + 1)
         )
         study_values: dict[str, object] = {
@@ -386,19 +432,18 @@ class Archive:
         }
         if new_series:
             study_values["number_of_series"] = Study.number_of_series + 1
-        session.execute(update(Study).where(Study.id == study.id).values(**study_values))
+        session.execute(update(Study).where(Study.id == study_pk).values(**study_values))
         if new_series:
             modalities = sorted(
                 m
                 for m in session.scalars(
-                    select(Series.modality).where(Series.study_pk == study.id).distinct()
+                    select(Series.modality).where(Series.study_pk == study_pk).distinct()
                 )
                 if m
             )
             session.execute(
-                update(Study).where(Study.id == study.id).values(modalities_in_study="\\".join(modalities))
+                update(Study).where(Study.id == study_pk).values(modalities_in_study="\\".join(modalities))
             )
-        return None
 
     def _drop_blob_if_unreferenced(self, digest: str) -> None:
         with self.sessions() as session:

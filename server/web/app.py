@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from tornado.web import Application, RedirectHandler, StaticFileHandler
+from tornado.log import access_log
+from tornado.web import Application, RedirectHandler, RequestHandler, StaticFileHandler
 
 from server.context import ServerContext
 from server.dicomweb.routes import dicomweb_routes
@@ -30,6 +32,23 @@ class FrontendFile(StaticFileHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/problem+json")
         self.finish({"type": "about:blank", "status": status_code, "title": self._reason})
+
+
+def log_request(handler: RequestHandler) -> None:
+    """Access log: failures always, successes at DEBUG (a tile server answers thousands a second)."""
+    status = handler.get_status()
+    level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if access_log.isEnabledFor(level):
+        request = handler.request
+        access_log.log(
+            level,
+            "%d %s %s (%s) %.2fms",
+            status,
+            request.method,
+            request.uri,
+            request.remote_ip,
+            1000 * request.request_time(),
+        )
 
 
 def make_app(ctx: ServerContext) -> Application:
@@ -64,4 +83,5 @@ def make_app(ctx: ServerContext) -> Application:
         compress_response=True,
         xsrf_cookies=False,
         serve_traceback=False,
+        log_function=log_request,
     )
