@@ -136,16 +136,22 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.clean or (report.repaired and not report.missing_files) else 1
 
 
+def _deployment_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--data-dir", default=default, help="data folder (TESSERA_DATA_DIR; default ./tessera-data)"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=default,
+        help="SQLAlchemy URL of the index (TESSERA_DATABASE_URL; default SQLite in the data folder)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log debug messages")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessera", description="Specialty imaging viewer server over one DICOM archive."
     )
-    parser.add_argument("--data-dir", help="data folder (TESSERA_DATA_DIR; default ./tessera-data)")
-    parser.add_argument(
-        "--database-url",
-        help="SQLAlchemy URL of the index (TESSERA_DATABASE_URL; default SQLite in the data folder)",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def server_options(p: argparse.ArgumentParser) -> None:
@@ -184,13 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_commands(sub)
-    for command in sub.choices.values():  # every command takes the deployment options
-        command.add_argument("--data-dir", help="data folder (TESSERA_DATA_DIR; default ./tessera-data)")
-        command.add_argument(
-            "--database-url",
-            help="SQLAlchemy URL of the index (TESSERA_DATABASE_URL; default SQLite in the data folder)",
-        )
-        command.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    # The deployment options go before or after the command; given after, they win.
+    _deployment_options(parser, argparse.SUPPRESS)
+    for command in sub.choices.values():
+        _deployment_options(command, argparse.SUPPRESS)
+    parser.set_defaults(data_dir=None, database_url=None, verbose=False)
     return parser
 
 

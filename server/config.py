@@ -146,6 +146,8 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
     settings = Settings(**values)
     if settings.duplicate_policy not in ("reject", "replace", "keep"):
         raise ConfigError("setting duplicate_policy must be reject, replace or keep")
+    if not 0 < settings.query_default_limit <= settings.query_max_limit:
+        raise ConfigError("setting query_default_limit must be between 1 and query_max_limit")
     if len(settings.ae_title) > 16 or not settings.ae_title.strip():
         raise ConfigError("setting ae_title must be 1-16 characters")
     return settings

@@ -79,7 +79,13 @@ class ModuleRegistry:
         for module in modules:
             if module.id in seen:
                 raise ModuleError(f"two modules declare the id {module.id!r}")
-            if not module.id.isidentifier() or module.id in {"api", "dicom-web", "static", "vendor"}:
+            if not module.id.isidentifier() or module.id in {
+                "api",
+                "dicom-web",
+                "static",
+                "vendor",
+                "viewer",
+            }:
                 raise ModuleError(f"module id {module.id!r} is not allowed")
             seen.add(module.id)
             self.modules.append(module)

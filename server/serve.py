@@ -74,8 +74,15 @@ def _end_with_parent() -> None:
 
 def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM. With processes != 1, forks children that share the port."""
-    Archive(settings).close()  # migrate once, before any fork
-    reconcile_report = None
+    archive = Archive(settings)  # migrate and reconcile once, before any worker serves
+    report = archive.reconcile(repair=True, temp_older_than_seconds=0)
+    archive.close()
+    if not report.clean:
+        log.warning(
+            "reconcile: %d indexed instances have no file; %d unindexed files were indexed",
+            len(report.missing_files),
+            len(report.orphan_files),
+        )
     sockets = bind_sockets(settings.port, settings.host, reuse_port=settings.processes != 1)
     processes = settings.processes if settings.processes > 0 else (os.cpu_count() or 1)
     if processes > 1:
@@ -83,14 +90,6 @@ def serve(settings: Settings) -> None:
         _end_with_parent()
     ctx = build_context(settings, migrate=False)
     first = task_id() in (None, 0)
-    if first:
-        reconcile_report = ctx.archive.reconcile(repair=True)
-        if not reconcile_report.clean:
-            log.warning(
-                "reconcile: %d indexed instances have no file; %d unindexed files were indexed",
-                len(reconcile_report.missing_files),
-                len(reconcile_report.orphan_files),
-            )
     dimse = start_dimse(ctx) if first else None
 
     async def main() -> None:

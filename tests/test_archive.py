@@ -148,7 +148,7 @@ def test_reconcile_finds_missing_files_and_indexes_orphans(archive: Archive) -> 
 
     archive.blobs.commit_temp(temp, hash_file(temp))
     (archive.blobs.tmp_dir / "in-crashed.part").write_bytes(b"half an upload")
-    report = archive.reconcile(repair=True)
+    report = archive.reconcile(repair=True, temp_older_than_seconds=0)
     assert report.missing_files == [lost.sop_instance_uid]
     assert len(report.orphan_files) == 1 and report.removed_temp_files == 1
     assert archive.stored_instances(kept.study_instance_uid, sop_uid="1.2.3.4.100")

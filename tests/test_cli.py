@@ -65,6 +65,12 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "setting port" in bad.stderr
 
 
+def test_deployment_options_before_or_after_the_command(tmp_path: Path) -> None:
+    (tmp_path / "one.dcm").write_bytes(ct_bytes())
+    result = run("--data-dir", str(tmp_path / "before"), "import", str(tmp_path / "one.dcm"), "-q")
+    assert result.returncode == 0 and (tmp_path / "before" / "index.sqlite3").exists()
+
+
 def test_every_command_has_help() -> None:
     for command in ("serve", "import", "demo", "reconcile"):
         result = run(command, "--help")

@@ -68,7 +68,10 @@ def test_mixed_body_stores_the_good_part_and_answers_202(tessera_server: Backgro
 def test_instance_of_another_study_is_refused_on_study_url(tessera_server: BackgroundServer) -> None:
     response = _stow(tessera_server, _multipart(ct_bytes()), path="/dicom-web/studies/1.2.3.4")
     assert response.status_code == 409
-    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+    body = response.json()
+    failed = body["00081198"]["Value"][0]
+    assert failed["00081197"]["Value"] == [0xA900] and failed["00081155"]["Value"]
+    assert "00081190" not in body  # no retrieve URL for a study that was not stored
 
 
 def test_wrong_content_type_is_415(tessera_server: BackgroundServer) -> None:
@@ -113,6 +116,30 @@ def test_oversize_body_is_413(tessera_server_factory) -> None:  # type: ignore[n
     _is_problem(_stow(server, _multipart(ct_bytes())), 413)
     _still_serving(server)
     assert _instance_count(server) == 0
+
+
+def test_oversize_chunked_body_is_413_and_leaves_nothing(tessera_server_factory) -> None:  # type: ignore[no-untyped-def]
+    server = tessera_server_factory(max_upload_bytes=10_000)
+    body = _multipart(ct_bytes())
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for start in range(0, len(body), 4096):
+            yield body[start : start + 4096]
+
+    response = requests.post(
+        server.url + "/dicom-web/studies",
+        data=chunks(),
+        headers={"Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'},
+        timeout=30,
+    )
+    _is_problem(response, 413)
+    assert _instance_count(server) == 0
+    assert not any(server.ctx.archive.blobs.tmp_dir.iterdir())
+
+
+def test_multipart_of_another_dicom_type_is_415(tessera_server: BackgroundServer) -> None:
+    content_type = f'multipart/related; type="application/dicom+xml"; boundary={BOUNDARY}'
+    _is_problem(_stow(tessera_server, _multipart(ct_bytes()), content_type=content_type), 415)
 
 
 def test_single_part_application_dicom_is_accepted(tessera_server: BackgroundServer) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, undefer
 from server.archive.blobs import CHUNK, BlobStore, hash_file
 from server.archive.database import make_engine, migrate, session_factory
 from server.archive.dicomfile import (
+    DATASET_DOES_NOT_MATCH_SOP_CLASS,
     DUPLICATE_SOP_INSTANCE,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
@@ -185,10 +186,13 @@ class Archive:
             parsed = parse_instance(temp_path, self.limits)
             ds = parsed.dataset
             if expected_study and str(ds.StudyInstanceUID) != expected_study:
-                raise RejectedInstance(
+                wrong_study = RejectedInstance(
                     f"StudyInstanceUID {ds.StudyInstanceUID} is not the study {expected_study} of the request",
-                    0xA900,
+                    DATASET_DOES_NOT_MATCH_SOP_CLASS,
                 )
+                wrong_study.sop_class_uid = str(ds.SOPClassUID)
+                wrong_study.sop_instance_uid = str(ds.SOPInstanceUID)
+                raise wrong_study
             digest = sha256 or hash_file(temp_path)
             outcome, event = self._store(parsed, temp_path, digest)
         except RejectedInstance as exc:
@@ -232,29 +236,19 @@ class Archive:
         }
         header = parsed.header_json()
         size = temp_path.stat().st_size
-        for attempt in range(5):
+        placed = False  # the blob is in the store; it must not outlive a failed attempt
+        for _attempt in range(5):
             with self.sessions() as session:
                 existing = session.scalar(
                     select(Instance).where(Instance.sop_instance_uid == ids["sop_instance_uid"])
                 )
-                if existing is not None:
-                    if existing.blob_sha256 == digest:
-                        return StoreOutcome(StoreStatus.ALREADY_PRESENT, **ids), None
-                    policy = self.settings.duplicate_policy
-                    if policy == "keep":
-                        return StoreOutcome(
-                            StoreStatus.KEPT_EXISTING,
-                            reason="a different instance with this SOP Instance UID is kept",
-                            **ids,
-                        ), None
-                    if policy == "reject":
-                        return StoreOutcome(
-                            StoreStatus.REJECTED,
-                            failure_status=DUPLICATE_SOP_INSTANCE,
-                            reason="an instance with this SOP Instance UID and different content is already stored",
-                            **ids,
-                        ), None
+                duplicate = self._duplicate_outcome(existing, digest, ids)
+                if duplicate is not None:
+                    if placed:
+                        self._drop_blob_if_unreferenced(digest)
+                    return duplicate, None
                 self.blobs.commit_temp(temp_path, digest)
+                placed = True
                 try:
                     replaced_hash = self._index(session, parsed, digest, size, header, existing)
                     session.commit()
@@ -266,8 +260,6 @@ class Archive:
                 except IntegrityError:
                     self._pending_series.pop(session, None)
                     session.rollback()
-                    if attempt == 4:
-                        raise
                     continue  # a concurrent ingest created the same patient/study/series: retry
                 except Exception:
                     self._pending_series.pop(session, None)
@@ -287,9 +279,34 @@ class Archive:
                 _int_or_none(ds, "NumberOfFrames") or 1,
             )
             return StoreOutcome(status, **ids), event
+        self._drop_blob_if_unreferenced(digest)
         return StoreOutcome(
             StoreStatus.REJECTED, failure_status=PROCESSING_FAILURE, reason="could not index", **ids
         ), None
+
+    def _duplicate_outcome(
+        self, existing: Instance | None, digest: str, ids: dict[str, Any]
+    ) -> StoreOutcome | None:
+        """What a known SOP Instance UID means under the configured policy (None: go on and store)."""
+        if existing is None:
+            return None
+        if existing.blob_sha256 == digest:
+            return StoreOutcome(StoreStatus.ALREADY_PRESENT, **ids)
+        policy = self.settings.duplicate_policy
+        if policy == "keep":
+            return StoreOutcome(
+                StoreStatus.KEPT_EXISTING,
+                reason="a different instance with this SOP Instance UID is kept",
+                **ids,
+            )
+        if policy == "reject":
+            return StoreOutcome(
+                StoreStatus.REJECTED,
+                failure_status=DUPLICATE_SOP_INSTANCE,
+                reason="an instance with this SOP Instance UID and different content is already stored",
+                **ids,
+            )
+        return None
 
     def _index(
         self,
@@ -469,7 +486,12 @@ class Archive:
             .join(Series, Instance.series_pk == Series.id)
             .join(Study, Series.study_pk == Study.id)
             .where(Study.study_instance_uid == study_uid)
-            .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+            .order_by(
+                Series.series_number.asc().nulls_last(),
+                Series.id,
+                Instance.instance_number.asc().nulls_last(),
+                Instance.id,
+            )
         )
         if series_uid is not None:
             query = query.where(Series.series_instance_uid == series_uid)
@@ -533,9 +555,13 @@ class Archive:
 
     # -- upkeep --------------------------------------------------------------------------------
 
-    def reconcile(self, repair: bool = False) -> ReconcileReport:
-        """Compare index and blobs after a crash or manual tampering; optionally repair."""
-        removed_temp = self.blobs.clean_temp()
+    def reconcile(self, repair: bool = False, *, temp_older_than_seconds: float = 3600) -> ReconcileReport:
+        """Compare index and blobs after a crash or manual tampering; optionally repair.
+
+        Temp files younger than ``temp_older_than_seconds`` are left alone: a live server may
+        be writing them. At start-up, before serving, pass 0.
+        """
+        removed_temp = self.blobs.clean_temp(temp_older_than_seconds)
         with self.sessions() as session:
             indexed = dict(session.execute(select(Instance.blob_sha256, Instance.sop_instance_uid)).all())
         on_disk = set(self.blobs.iter_hashes())

@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -73,12 +74,22 @@ class BlobStore:
             if _HEX64.match(path.name):
                 yield path.name
 
-    def clean_temp(self) -> int:
-        """Remove leftovers of interrupted writes; they were never acknowledged."""
+    def clean_temp(self, older_than_seconds: float = 0) -> int:
+        """Remove leftovers of interrupted writes (never acknowledged).
+
+        A running server may be receiving into tmp/ right now: callers that are not sure
+        nothing is (e.g. ``tessera reconcile`` next to a live server) pass an age.
+        """
         removed = 0
+        cutoff = time.time() - older_than_seconds
         for path in self.tmp_dir.glob("*.part"):
-            path.unlink(missing_ok=True)
-            removed += 1
+            try:
+                if older_than_seconds and path.stat().st_mtime > cutoff:
+                    continue
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
         return removed
 
 

@@ -91,6 +91,7 @@ ATTRIBUTES: dict[str, Attribute] = {
         Attribute("NumberOfFrames", _IN, Instance.number_of_frames, Match.NUMBER),
         Attribute("BitsAllocated", _IN, Instance.bits_allocated, None),
         Attribute("PhotometricInterpretation", _IN, Instance.photometric_interpretation, Match.TEXT),
+        Attribute("ImageType", _IN, Instance.image_type, Match.TEXT),
         Attribute("ImageLaterality", _IN, Instance.image_laterality, Match.TEXT),
         Attribute("ViewPosition", _IN, Instance.view_position, Match.TEXT),
     ]
@@ -182,7 +183,8 @@ _TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 
 
 def _range_condition(column: Any, value: str, pattern: re.Pattern[str], what: str) -> ColumnElement[bool]:
-    value = value.replace(":", "") if what == "time" else value.replace("-", "-")
+    if what == "time":
+        value = value.replace(":", "")
     if "-" in value:
         low, _, high = value.partition("-")
         for bound in (low, high):
@@ -267,8 +269,8 @@ def _order(level: QueryLevel, query: Select[Any]) -> Select[Any]:
     if level is _ST:
         return query.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id)
     if level is _SE:
-        return query.order_by(Series.series_number, Series.id)
-    return query.order_by(Instance.instance_number, Instance.id)
+        return query.order_by(Series.series_number.asc().nulls_last(), Series.id)
+    return query.order_by(Instance.instance_number.asc().nulls_last(), Instance.id)
 
 
 def build_select(spec: QuerySpec) -> Select[Any]:

@@ -156,6 +156,29 @@ class MultipartReader:
         self._file, self._current = None, None
 
 
+class SingleBodyReader:
+    """The same interface for a body that is one application/dicom instance (no multipart)."""
+
+    def __init__(self, new_file: Callable[[], tuple[BinaryIO, Path]]) -> None:
+        self._file, path = new_file()
+        self._hash = hashlib.sha256()
+        self._part = ReceivedPart(path, {"content-type": "application/dicom"})
+
+    def feed(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        self._part.size += len(chunk)
+
+    def finish(self) -> list[ReceivedPart]:
+        self._file.close()
+        self._part.sha256 = self._hash.hexdigest()
+        return [self._part]
+
+    def discard(self) -> None:
+        self._file.close()
+        self._part.path.unlink(missing_ok=True)
+
+
 def new_boundary() -> str:
     return "tessera-" + secrets.token_hex(12)
 

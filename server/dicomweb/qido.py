@@ -45,7 +45,7 @@ class QidoHandler(BaseHandler):
                 f'299 tessera "matching on {", ".join(sorted(set(spec.unsupported)))} is not supported; ignored"',
             )
         if len(results) == spec.limit:
-            self.set_header("Warning", '299 tessera "there may be more results: use offset to page"')
+            self.add_header("Warning", '299 tessera "there may be more results: use offset to page"')
         base = f"{self.request.protocol}://{self.request.host}/dicom-web"
         self.write_json([_with_retrieve_url(r, level, base) for r in results], "application/dicom+json")
 

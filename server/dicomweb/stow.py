@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 from tornado.http1connection import HTTP1Connection
@@ -12,7 +13,13 @@ from tornado.web import stream_request_body
 from server.archive.archive import StoreOutcome, StoreStatus
 from server.archive.blobs import hash_file
 from server.archive.dicomfile import CANNOT_UNDERSTAND
-from server.dicomweb.multipart import MultipartError, MultipartReader, ReceivedPart, boundary_of
+from server.dicomweb.multipart import (
+    MultipartError,
+    MultipartReader,
+    ReceivedPart,
+    SingleBodyReader,
+    boundary_of,
+)
 from server.web.base import BaseHandler, ProblemError
 
 log = logging.getLogger(__name__)
@@ -23,13 +30,17 @@ SOP_UNSUPPORTED_MEDIA = 0x0122  # "Refused: SOP class not supported" used for no
 
 @stream_request_body
 class StowHandler(BaseHandler):
-    """POST /studies[/{study}]: each part is stored through the archive's one ingest path."""
+    """POST /studies[/{study}]: each part is stored through the archive's one ingest path.
 
-    reader: MultipartReader | None
-    single: ReceivedPart | None
+    The body streams to temp files (written in the executor, never on the event loop);
+    nothing is held whole in memory and nothing is stored before the body is complete.
+    """
+
+    body: MultipartReader | SingleBodyReader | None = None
+    problem: tuple[int, str] | None = None
+    received = 0
 
     def prepare(self) -> None:
-        self.reader, self.single = None, None
         if self.request.method != "POST":
             return
         limit = self.ctx.settings.max_upload_bytes
@@ -40,66 +51,60 @@ class StowHandler(BaseHandler):
             )
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):
-            connection.set_max_body_size(limit)
+            # Room above the limit so an oversize chunked body still gets a 413 answer, not a cut connection.
+            connection.set_max_body_size(limit + 64 * 1024 * 1024)
         content_type = self.request.headers.get("Content-Type", "")
         main = content_type.split(";", 1)[0].strip().lower()
         if main == "multipart/related":
-            params = content_type.lower()
-            if "type=" in params and "application/dicom" not in params:
+            part_type = _parameter(content_type, "type")
+            if part_type is not None and part_type.lower() != "application/dicom":
                 raise ProblemError(415, 'STOW-RS accepts multipart/related; type="application/dicom" only')
             try:
-                self.reader = MultipartReader(boundary_of(content_type), self.ctx.archive.blobs.new_temp)
+                self.body = MultipartReader(boundary_of(content_type), self.ctx.archive.blobs.new_temp)
             except MultipartError as exc:
                 raise ProblemError(400, str(exc)) from exc
         elif main == "application/dicom":
-            fh, path = self.ctx.archive.blobs.new_temp()
-            fh.close()
-            self.single = ReceivedPart(path, {"content-type": "application/dicom"})
-            self._single_fh = open(path, "wb")  # noqa: SIM115 - closed in post() / on_connection_close()
+            self.body = SingleBodyReader(self.ctx.archive.blobs.new_temp)
         else:
             raise ProblemError(
                 415, f'Content-Type {main or "(none)"} is not multipart/related; type="application/dicom"'
             )
 
-    def data_received(self, chunk: bytes) -> None:
-        if self.reader is not None:
+    async def data_received(self, chunk: bytes) -> None:
+        if self.body is None or self.problem is not None:
+            return
+        self.received += len(chunk)
+        limit = self.ctx.settings.max_upload_bytes
+        if self.received > limit:
+            self.problem = (413, f"the request body exceeds the limit of {limit} bytes")
+        else:
             try:
-                self.reader.feed(chunk)
+                await self.run_blocking(self.body.feed, chunk)
+                return
             except MultipartError as exc:
-                self.reader.discard()
-                self.reader = None
-                self._bad_body = str(exc)
-        elif self.single is not None:
-            self._single_fh.write(chunk)
+                self.problem = (400, f"malformed multipart body: {exc}")
+        await self.run_blocking(self.body.discard)
 
     def on_connection_close(self) -> None:
-        if self.reader is not None:
-            self.reader.discard()
-        if self.single is not None:
-            self._single_fh.close()
-            self.single.path.unlink(missing_ok=True)
+        if self.body is not None:
+            self.body.discard()
+            self.body = None
 
     async def post(self, study: str | None = None) -> None:
-        study_uid = study
-        bad = getattr(self, "_bad_body", None)
-        if bad:
-            raise ProblemError(400, f"malformed multipart body: {bad}")
-        if self.single is not None:
-            self._single_fh.close()
-            parts = [self.single]
-            self.single = None
-        else:
-            assert self.reader is not None
-            try:
-                parts = self.reader.finish()
-            except MultipartError as exc:
-                raise ProblemError(400, str(exc)) from exc
-            self.reader = None
+        if self.problem is not None:
+            raise ProblemError(*self.problem)
+        assert self.body is not None
+        try:
+            parts = self.body.finish()
+        except MultipartError as exc:
+            raise ProblemError(400, str(exc)) from exc
+        finally:
+            self.body = None
         if not parts:
             raise ProblemError(400, "the multipart body has no parts")
         # Parts are stored concurrently: fsync waits overlap and the event loop stays free.
-        outcomes = list(await asyncio.gather(*(self._store_part(part, study_uid) for part in parts)))
-        self._respond(outcomes, study_uid)
+        outcomes = list(await asyncio.gather(*(self._store_part(part, study) for part in parts)))
+        self._respond(outcomes)
 
     async def _store_part(self, part: ReceivedPart, study_uid: str | None) -> StoreOutcome:
         if part.content_type not in ("application/dicom", ""):
@@ -115,7 +120,7 @@ class StowHandler(BaseHandler):
         digest = part.sha256 or hash_file(part.path)
         return self.ctx.archive.ingest_temp(part.path, digest, expected_study=study_uid)
 
-    def _respond(self, outcomes: list[StoreOutcome], study_uid: str | None) -> None:
+    def _respond(self, outcomes: list[StoreOutcome]) -> None:
         base = f"{self.request.protocol}://{self.request.host}/dicom-web"
         referenced: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
@@ -135,8 +140,6 @@ class StowHandler(BaseHandler):
                         f"{base}/studies/{outcome.study_instance_uid}/series/{outcome.series_instance_uid}/instances/{outcome.sop_instance_uid}"
                     ],
                 }
-                if outcome.status is StoreStatus.KEPT_EXISTING:
-                    item["00081196"] = {"vr": "US", "Value": [0xB007]}
                 referenced.append(item)
             else:
                 item["00081197"] = {"vr": "US", "Value": [outcome.failure_status or CANNOT_UNDERSTAND]}
@@ -148,7 +151,7 @@ class StowHandler(BaseHandler):
                     "STOW rejected %s: %s", outcome.sop_instance_uid or "(unidentified part)", outcome.reason
                 )
         body: dict[str, Any] = {}
-        study = study_uid or next((o.study_instance_uid for o in outcomes if o.ok), None)
+        study = next((o.study_instance_uid for o in outcomes if o.ok), None)
         if study:
             body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study}"]}
         if failed:
@@ -162,3 +165,11 @@ class StowHandler(BaseHandler):
         else:
             status = 200
         self.write_json(body, "application/dicom+json", status)
+
+
+def _parameter(content_type: str, name: str) -> str | None:
+    """A parameter of a Content-Type value, unquoted (None when absent)."""
+    match = re.search(rf';\s*{name}\s*=\s*(?:"([^"]*)"|([^;\s]+))', content_type, re.IGNORECASE)
+    if not match:
+        return None
+    return match.group(1) if match.group(1) is not None else match.group(2)

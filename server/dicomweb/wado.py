@@ -9,7 +9,8 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from server.archive.archive import StoredInstance
 from server.dicomweb.media import (
@@ -56,6 +57,13 @@ class RetrieveHandler(WadoBase):
                 "instances are available as stored (transfer-syntax=*) or as Explicit VR Little Endian "
                 f"({EXPLICIT_VR_LE}); the Accept header allows neither",
             )
+        # Decided before the first byte is sent: a multipart answer cannot turn into a 406 halfway.
+        for instance, syntax in zip(found, syntaxes, strict=True):
+            if syntax != instance.transfer_syntax_uid and not _can_decode(instance.transfer_syntax_uid):
+                raise ProblemError(
+                    406,
+                    f"instance {instance.sop_instance_uid} is stored as {instance.transfer_syntax_uid}, which this server cannot decompress; ask for transfer-syntax=*",
+                )
         boundary = new_boundary()
         self.set_header("Content-Type", f'multipart/related; type="application/dicom"; boundary={boundary}')
         for instance, syntax in zip(found, syntaxes, strict=True):
@@ -79,6 +87,16 @@ class RetrieveHandler(WadoBase):
                     break
                 self.write(chunk)
                 await self.flush()
+
+
+def _can_decode(syntax: str) -> bool:
+    uid = UID(syntax)
+    if not uid.is_compressed:
+        return True
+    try:
+        return bool(get_decoder(uid).is_available)
+    except NotImplementedError:
+        return False
 
 
 def _transcode_to_explicit(instance: StoredInstance) -> bytes:
@@ -180,10 +198,7 @@ class BulkDataHandler(FramesHandler):
         (instance,) = await self.instances(study, series, sop, with_index=True)
         if tag.upper() == "7FE00010":
             frames = list(range(1, instance.number_of_frames + 1))
-            accept = (
-                self.request.headers.get("Accept")
-                or 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
-            )
+            accept = self.request.headers.get("Accept") or "*/*"
             await self.send_frames(instance, frames, accept)
             return
         value = await self.run_blocking(_element_value, instance, int(tag, 16))

@@ -33,7 +33,9 @@ class StudyHandler(BaseHandler):
                 return None
             study, patient = row
             series_rows = session.scalars(
-                select(Series).where(Series.study_pk == study.id).order_by(Series.series_number, Series.id)
+                select(Series)
+                .where(Series.study_pk == study.id)
+                .order_by(Series.series_number.asc().nulls_last(), Series.id)
             ).all()
             classes: dict[int, set[str]] = {}
             for series_pk, sop_class in session.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ class FrontendFile(StaticFileHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/problem+json")
-        self.finish({"type": "about:blank", "status": status_code, "title": self._reason})
+        self.finish(json.dumps({"type": "about:blank", "status": status_code, "title": self._reason}))
 
 
 def log_request(handler: RequestHandler) -> None:
