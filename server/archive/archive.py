@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pydicom.dataset import Dataset
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, undefer
 
@@ -239,16 +239,19 @@ class Archive:
         placed = False  # the blob is in the store; it must not outlive a failed attempt
         for _attempt in range(5):
             with self.sessions() as session:
-                existing = session.scalar(
-                    select(Instance).where(Instance.sop_instance_uid == ids["sop_instance_uid"])
-                )
-                duplicate = self._duplicate_outcome(existing, digest, ids)
+                known = session.execute(
+                    select(Instance.id, Instance.blob_sha256).where(
+                        Instance.sop_instance_uid == ids["sop_instance_uid"]
+                    )
+                ).first()
+                duplicate = self._duplicate_outcome(known[1] if known else None, digest, ids)
                 if duplicate is not None:
                     if placed:
                         self._drop_blob_if_unreferenced(digest)
                     return duplicate, None
                 self.blobs.commit_temp(temp_path, digest)
                 placed = True
+                existing = session.get(Instance, known[0]) if known else None  # replace policy
                 try:
                     replaced_hash = self._index(session, parsed, digest, size, header, existing)
                     session.commit()
@@ -285,12 +288,12 @@ class Archive:
         ), None
 
     def _duplicate_outcome(
-        self, existing: Instance | None, digest: str, ids: dict[str, Any]
+        self, existing_sha256: str | None, digest: str, ids: dict[str, Any]
     ) -> StoreOutcome | None:
         """What a known SOP Instance UID means under the configured policy (None: go on and store)."""
-        if existing is None:
+        if existing_sha256 is None:
             return None
-        if existing.blob_sha256 == digest:
+        if existing_sha256 == digest:
             return StoreOutcome(StoreStatus.ALREADY_PRESENT, **ids)
         policy = self.settings.duplicate_policy
         if policy == "keep":
@@ -435,8 +438,10 @@ class Archive:
         new_series: bool,
         now: dt.datetime,
     ) -> None:
-        session.add(
-            Instance(sop_instance_uid=str(parsed.dataset.SOPInstanceUID), series_pk=series_pk, **values)
+        session.execute(
+            insert(Instance).values(
+                sop_instance_uid=str(parsed.dataset.SOPInstanceUID), series_pk=series_pk, **values
+            )
         )
         session.execute(
             update(Series)
