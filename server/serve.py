@@ -135,7 +135,7 @@ class BackgroundServer:
 
     @property
     def dicom_port(self) -> int:
-        return self.ctx.settings.dicom_port
+        return int(self.dimse.port) if self.dimse is not None else self.ctx.settings.dicom_port
 
     @classmethod
     def start(cls, settings: Settings, registry: ModuleRegistry | None = None) -> BackgroundServer:

@@ -18,7 +18,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, undefer
 
-from server.archive.blobs import CHUNK, BlobStore, hash_file
+from server.archive.blobs import CHUNK, BlobStore, dataset_sha256, hash_file
 from server.archive.database import make_engine, migrate, session_factory
 from server.archive.dicomfile import (
     DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -244,7 +244,7 @@ class Archive:
                         Instance.sop_instance_uid == ids["sop_instance_uid"]
                     )
                 ).first()
-                duplicate = self._duplicate_outcome(known[1] if known else None, digest, ids)
+                duplicate = self._duplicate_outcome(known[1] if known else None, digest, temp_path, ids)
                 if duplicate is not None:
                     if placed:
                         self._drop_blob_if_unreferenced(digest)
@@ -288,12 +288,12 @@ class Archive:
         ), None
 
     def _duplicate_outcome(
-        self, existing_sha256: str | None, digest: str, ids: dict[str, Any]
+        self, existing_sha256: str | None, digest: str, temp_path: Path, ids: dict[str, Any]
     ) -> StoreOutcome | None:
         """What a known SOP Instance UID means under the configured policy (None: go on and store)."""
         if existing_sha256 is None:
             return None
-        if existing_sha256 == digest:
+        if existing_sha256 == digest or self._same_dataset(existing_sha256, temp_path):
             return StoreOutcome(StoreStatus.ALREADY_PRESENT, **ids)
         policy = self.settings.duplicate_policy
         if policy == "keep":
@@ -466,6 +466,13 @@ class Archive:
             session.execute(
                 update(Study).where(Study.id == study_pk).values(modalities_in_study="\\".join(modalities))
             )
+
+    def _same_dataset(self, existing_sha256: str, temp_path: Path) -> bool:
+        """Whether two files hold the same data set, whatever their file meta says."""
+        try:
+            return dataset_sha256(self.blobs.path_for(existing_sha256)) == dataset_sha256(temp_path)
+        except OSError:
+            return False
 
     def _drop_blob_if_unreferenced(self, digest: str) -> None:
         with self.sessions() as session:

@@ -107,3 +107,23 @@ def hash_file(path: Path) -> str:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def dataset_sha256(path: Path) -> str:
+    """Hash of the data set without its File Meta Information.
+
+    The same instance received through different doors carries different file meta
+    (C-STORE records the sending AE, STOW-RS keeps the client's), so "identical" means
+    identical data set bytes.
+    """
+    with open(path, "rb") as fh:
+        fh.seek(132)
+        head = fh.read(12)
+        offset = 132
+        if len(head) == 12 and head[:4] == b"\x02\x00\x00\x00" and head[4:6] == b"UL":
+            offset = 144 + int.from_bytes(head[8:12], "little")
+        fh.seek(offset)
+        digest = hashlib.sha256()
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,92 @@
+"""The DIMSE listener of ``tessera serve``: one pynetdicom AE in its own threads.
+
+pynetdicom runs each association in a thread of its own, so nothing here touches
+the tornado event loop; the handlers call the archive directly (it is thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from server.config import Settings
+from server.context import ServerContext
+from server.dimse.access import PduLimit, PeerDirectory
+from server.dimse.contexts import (
+    QUERY_RETRIEVE_SOP_CLASSES,
+    STORAGE_SOP_CLASSES,
+    STORAGE_TRANSFER_SYNTAXES,
+    VERIFICATION,
+)
+from server.dimse.query import QuerySCP
+from server.dimse.retrieve import RetrieveSCP
+from server.dimse.storage import StorageSCP
+from server.dimse.transport import handle_connection_open
+
+log = logging.getLogger(__name__)
+
+
+def configured_ae(settings: Settings) -> AE:
+    """An AE with the deployment's title, limits and timeouts (shared by SCP and SCU roles)."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_associations = settings.dicom_max_associations
+    ae.maximum_pdu_size = settings.dicom_max_pdu
+    ae.acse_timeout = settings.dicom_acse_timeout
+    ae.dimse_timeout = settings.dicom_dimse_timeout
+    ae.network_timeout = settings.dicom_network_timeout
+    ae.connection_timeout = settings.dicom_acse_timeout
+    return ae
+
+
+def add_scp_contexts(ae: AE) -> None:
+    """Verification, Q/R (Patient and Study Root) and every storage SOP class with both roles."""
+    ae.add_supported_context(VERIFICATION)
+    for sop_class in QUERY_RETRIEVE_SOP_CLASSES:
+        ae.add_supported_context(sop_class)
+    # Both roles: a C-GET SCU asks us to act as storage SCU on its association.
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True)
+
+
+@dataclass
+class DimseService:
+    """A running DIMSE listener; ``shutdown`` stops it and ends its associations."""
+
+    ae: AE
+    server: ThreadedAssociationServer
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def shutdown(self) -> None:
+        self.server.shutdown()
+
+
+def start_dimse(ctx: ServerContext) -> DimseService:
+    """Listen for associations on ``settings.dicom_port`` (0 picks a free port) without blocking."""
+    settings = ctx.settings
+    peers = PeerDirectory.from_settings(settings)
+    ae = configured_ae(settings)
+    ae.require_called_aet = True
+    add_scp_contexts(ae)
+    pdu_limit = PduLimit(settings.dicom_max_pdu)
+    storage = StorageSCP(ctx.archive, peers, pdu_limit)
+    query = QuerySCP(ctx.archive, peers, settings.ae_title, settings.query_max_limit)
+    retrieve = RetrieveSCP(ctx.archive, peers)
+    handlers = [
+        (evt.EVT_C_STORE, storage.handle_store),
+        (evt.EVT_C_FIND, query.handle_find),
+        (evt.EVT_C_GET, retrieve.handle_get),
+        (evt.EVT_C_MOVE, retrieve.handle_move),
+        (evt.EVT_DATA_RECV, pdu_limit.handle_data_received),
+        (evt.EVT_CONN_OPEN, handle_connection_open),
+    ]
+    server = ae.start_server((settings.host, settings.dicom_port), block=False, evt_handlers=handlers)
+    assert server is not None
+    service = DimseService(ae, server)
+    log.info("DICOM %s listening on %s:%d", settings.ae_title, settings.host, service.port)
+    return service
