@@ -19,6 +19,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoint; WAL keeps commits atomic
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # DICOM matching is case-sensitive (except person names, matched on an upper-cased copy),
+    # as PostgreSQL's LIKE is; this also lets SQLite use indexes for prefix wildcards.
+    cursor.execute("PRAGMA case_sensitive_like=ON")
     cursor.close()
 
 

@@ -29,7 +29,18 @@ class Base(DeclarativeBase):
 
 class Patient(Base):
     __tablename__ = "patient"
-    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id"),)
+    __table_args__ = (
+        UniqueConstraint("patient_id", "issuer_of_patient_id"),
+        # Prefix wildcards (SMI*) use an index on PostgreSQL whatever the database collation.
+        Index(
+            "ix_patient_name_pattern",
+            "patient_name_search",
+            postgresql_ops={"patient_name_search": "text_pattern_ops"},
+        ).ddl_if(dialect="postgresql"),
+        Index(
+            "ix_patient_id_pattern", "patient_id", postgresql_ops={"patient_id": "text_pattern_ops"}
+        ).ddl_if(dialect="postgresql"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     patient_id: Mapped[str] = mapped_column(String(64), default="")

@@ -7,6 +7,7 @@ results come back as DICOM JSON objects (PS3.18 F.2), which C-FIND turns into da
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -174,7 +175,10 @@ def _text_condition(column: Any, value: str, *, upper: bool = False) -> ColumnEl
     if "*" in value or "?" in value:
         if value.strip("*") == "":
             return column.is_not(None)
-        return target.like(_like(value), escape="\\")
+        pattern = _like(value)
+        if "\\" in pattern:
+            return target.like(pattern, escape="\\")
+        return target.like(pattern)  # no ESCAPE clause, so SQLite may use the index for a prefix
     return target == value
 
 
@@ -312,8 +316,13 @@ def build_select(spec: QuerySpec) -> Select[Any]:
     return _order(spec.level, query)
 
 
+@functools.cache
+def _vr(keyword: str) -> str:
+    return str(dictionary_VR(keyword))
+
+
 def _element(keyword: str, value: Any) -> dict[str, Any]:
-    vr = dictionary_VR(keyword)
+    vr = _vr(keyword)
     if value is None or value == "":
         return {"vr": vr}
     if vr == "PN":
@@ -325,6 +334,7 @@ def _element(keyword: str, value: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": [value]}
 
 
+@functools.cache
 def _tag(keyword: str) -> str:
     tag = tag_for_keyword(keyword)
     assert tag is not None
@@ -333,7 +343,7 @@ def _tag(keyword: str) -> str:
 
 @dataclass
 class QueryResult:
-    """One match: DICOM JSON plus the UIDs a caller needs to build URLs."""
+    """One match: DICOM JSON (keys unsorted; sort when serialising) plus the UIDs for URLs."""
 
     dataset: dict[str, Any]
     study_instance_uid: str = ""
@@ -386,6 +396,14 @@ def run_query(session: Session, spec: QuerySpec) -> list[QueryResult]:
     headers: dict[int, dict[str, Any]] = {}
     if (extra or spec.include_all) and spec.level is not _P:
         headers = _representative_headers(session, spec.level, [row[0].id for row in rows])
+    # Resolve every returned attribute once, not once per row.
+    columns: list[tuple[str, str, Any, str]] = []  # tag, keyword, entity class (None: header), column key
+    for keyword in wanted:
+        attribute = ATTRIBUTES.get(keyword)
+        if attribute is None:
+            columns.append((_tag(keyword), keyword, None, ""))
+        elif attribute.level.value <= spec.level.value and attribute.column is not None:
+            columns.append((_tag(keyword), keyword, attribute.column.class_, attribute.column.key))
     results = []
     for row in rows:
         entities = {type(entity): entity for entity in row}
@@ -396,30 +414,19 @@ def run_query(session: Session, spec: QuerySpec) -> list[QueryResult]:
                 keyword = keyword_for_tag(int(tag, 16))
                 if keyword and "BulkDataURI" not in element and _belongs(keyword, spec.level):
                     dataset[tag] = element
-        for keyword in wanted:
-            attribute = ATTRIBUTES.get(keyword)
-            if attribute is not None:
-                if attribute.level.value > spec.level.value:
-                    continue
-                entity = entities.get(attribute.column.class_) if attribute.column is not None else None  # type: ignore[arg-type]
-                value = (
-                    getattr(entity, attribute.column.key)
-                    if entity is not None and attribute.column is not None
-                    else None
-                )
-                dataset[_tag(keyword)] = _element(keyword, value)
+        for tag, keyword, entity_class, key in columns:
+            if entity_class is not None:
+                dataset[tag] = _element(keyword, getattr(entities[entity_class], key))
+            elif tag in header and _belongs(keyword, spec.level):
+                dataset[tag] = header[tag]
             else:
-                tag = _tag(keyword)
-                if tag in header and _belongs(keyword, spec.level):
-                    dataset[tag] = header[tag]
-                else:
-                    dataset[tag] = {"vr": dictionary_VR(keyword)}
+                dataset[tag] = {"vr": _vr(keyword)}
         study = entities.get(Study)
         series = entities.get(Series)
         instance = entities.get(Instance)
         results.append(
             QueryResult(
-                dict(sorted(dataset.items())),
+                dataset,
                 study.study_instance_uid if isinstance(study, Study) else "",
                 series.series_instance_uid if isinstance(series, Series) else "",
                 instance.sop_instance_uid if isinstance(instance, Instance) else "",

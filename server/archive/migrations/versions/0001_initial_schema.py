@@ -33,6 +33,20 @@ def upgrade() -> None:
             batch_op.f("ix_patient_patient_name_search"), ["patient_name_search"], unique=False
         )
 
+    if op.get_bind().dialect.name == "postgresql":
+        op.create_index(
+            "ix_patient_name_pattern",
+            "patient",
+            ["patient_name_search"],
+            postgresql_ops={"patient_name_search": "text_pattern_ops"},
+        )
+        op.create_index(
+            "ix_patient_id_pattern",
+            "patient",
+            ["patient_id"],
+            postgresql_ops={"patient_id": "text_pattern_ops"},
+        )
+
     op.create_table(
         "study",
         sa.Column("id", sa.Integer(), nullable=False),
