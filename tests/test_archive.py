@@ -187,3 +187,38 @@ def test_ingest_is_safe_from_several_threads(archive: Archive) -> None:
     assert _counts(archive) == (1, 1, 1, 12)
     with archive.sessions() as session:
         assert session.scalar(select(Series.number_of_instances)) == 12
+
+
+def _temps(archive: Archive, payloads: list[bytes]) -> list[tuple[Path, str | None]]:
+    items: list[tuple[Path, str | None]] = []
+    for payload in payloads:
+        fh, path = archive.blobs.new_temp()
+        with fh:
+            fh.write(payload)
+        items.append((path, None))
+    return items
+
+
+def test_batch_ingest_commits_once_and_matches_one_by_one(archive: Archive) -> None:
+    from sample_data.radiology import ct_series
+
+    payloads = [to_bytes(ds) for ds in ct_series(6)]
+    bad = bad_inputs()["truncated pixel data"]
+    outcomes = archive.ingest_batch(_temps(archive, [*payloads, bad]))
+    assert [o.status for o in outcomes] == [StoreStatus.STORED] * 6 + [StoreStatus.REJECTED]
+    assert _counts(archive) == (1, 1, 1, 6) and _blob_count(archive) == 6
+    # A second batch with known instances (identical, changed, new) falls back to the careful path.
+    changed = ct_bytes(SOPInstanceUID=str(ct_series(6)[0].SOPInstanceUID), SeriesDescription="CHANGED")
+    again = archive.ingest_batch(_temps(archive, [payloads[1], changed, ct_bytes(SOPInstanceUID="1.2.3.4.5")]))
+    assert [o.status for o in again] == [StoreStatus.ALREADY_PRESENT, StoreStatus.REJECTED, StoreStatus.STORED]
+    assert _counts(archive)[3] == 7 and _blob_count(archive) == 7  # the refused blob did not stay
+    assert not any(archive.blobs.tmp_dir.iterdir())
+    with archive.sessions() as session:
+        assert session.scalar(select(Series.number_of_instances)) == 7
+
+
+def test_batch_with_the_same_instance_twice(archive: Archive) -> None:
+    payload = ct_bytes()
+    outcomes = archive.ingest_batch(_temps(archive, [payload, payload]))
+    assert sorted(o.status.value for o in outcomes) == ["already present", "stored"]
+    assert _counts(archive)[3] == 1 and _blob_count(archive) == 1

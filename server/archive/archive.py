@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -36,6 +36,10 @@ from server.archive.pixeldata import FrameIndex
 from server.config import Settings
 
 log = logging.getLogger(__name__)
+
+
+class _FallBack(Exception):
+    """A batch met a known SOP Instance UID: index its instances one by one instead."""
 
 
 class StoreStatus(Enum):
@@ -123,10 +127,12 @@ class Archive:
         self._listeners: list[Callable[[InstanceStored], None]] = []
         # Series UID -> (series pk, study pk) of committed rows; rows are never deleted, so this stays true.
         self._known_series: dict[str, tuple[int, int]] = {}
-        self._pending_series: dict[Session, tuple[str, int, int]] = {}
+        self._pending_series: dict[Session, list[tuple[str, int, int]]] = {}
         self._notify_executor: Executor | None = None
+        self._io_pool = ThreadPoolExecutor(4, thread_name_prefix="tessera-fsync")  # fsyncs overlap
 
     def close(self) -> None:
+        self._io_pool.shutdown(wait=False)
         self.engine.dispose()
 
     # -- notification --------------------------------------------------------------------------
@@ -183,27 +189,10 @@ class Archive:
         ``temp_path`` must be a file from ``blobs.new_temp()``; it is consumed either way.
         """
         try:
-            parsed = parse_instance(temp_path, self.limits)
-            ds = parsed.dataset
-            if expected_study and str(ds.StudyInstanceUID) != expected_study:
-                wrong_study = RejectedInstance(
-                    f"StudyInstanceUID {ds.StudyInstanceUID} is not the study {expected_study} of the request",
-                    DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                )
-                wrong_study.sop_class_uid = str(ds.SOPClassUID)
-                wrong_study.sop_instance_uid = str(ds.SOPInstanceUID)
-                raise wrong_study
-            digest = sha256 or hash_file(temp_path)
-            outcome, event = self._store(parsed, temp_path, digest)
-        except RejectedInstance as exc:
-            temp_path.unlink(missing_ok=True)
-            return StoreOutcome(
-                StoreStatus.REJECTED,
-                sop_class_uid=exc.sop_class_uid,
-                sop_instance_uid=exc.sop_instance_uid,
-                failure_status=exc.status,
-                reason=exc.reason,
-            )
+            prepared = self._prepare(temp_path, sha256, expected_study)
+            if isinstance(prepared, StoreOutcome):
+                return prepared
+            outcome, event = self._store(prepared, temp_path, sha256 or hash_file(temp_path))
         except OSError as exc:  # disk full, permissions: the instance was not stored
             temp_path.unlink(missing_ok=True)
             log.warning("ingest failed: %s", exc)
@@ -227,13 +216,7 @@ class Archive:
     def _store(
         self, parsed: ParsedInstance, temp_path: Path, digest: str
     ) -> tuple[StoreOutcome, InstanceStored | None]:
-        ds = parsed.dataset
-        ids: dict[str, Any] = {
-            "sop_class_uid": str(ds.SOPClassUID),
-            "sop_instance_uid": str(ds.SOPInstanceUID),
-            "study_instance_uid": str(ds.StudyInstanceUID),
-            "series_instance_uid": str(ds.SeriesInstanceUID),
-        }
+        ids = _ids(parsed.dataset)
         header = parsed.header_json()
         size = temp_path.stat().st_size
         placed = False  # the blob is in the store; it must not outlive a failed attempt
@@ -255,11 +238,7 @@ class Archive:
                 try:
                     replaced_hash = self._index(session, parsed, digest, size, header, existing)
                     session.commit()
-                    pending = self._pending_series.pop(session, None)
-                    if pending is not None:  # remember only what is committed
-                        if len(self._known_series) > 100_000:
-                            self._known_series.clear()
-                        self._known_series[pending[0]] = (pending[1], pending[2])
+                    self._remember_series(session)
                 except IntegrityError:
                     self._pending_series.pop(session, None)
                     session.rollback()
@@ -272,20 +251,130 @@ class Archive:
             if replaced_hash:
                 self._drop_blob_if_unreferenced(replaced_hash)
             status = StoreStatus.REPLACED if existing is not None else StoreStatus.STORED
-            event = InstanceStored(
-                ids["study_instance_uid"],
-                ids["series_instance_uid"],
-                ids["sop_instance_uid"],
-                ids["sop_class_uid"],
-                _text(ds, "Modality", 16),
-                parsed.transfer_syntax_uid,
-                _int_or_none(ds, "NumberOfFrames") or 1,
-            )
-            return StoreOutcome(status, **ids), event
+            return StoreOutcome(status, **ids), _event(parsed)
         self._drop_blob_if_unreferenced(digest)
         return StoreOutcome(
             StoreStatus.REJECTED, failure_status=PROCESSING_FAILURE, reason="could not index", **ids
         ), None
+
+    def _remember_series(self, session: Session) -> None:
+        """After a commit: the series it created are known from now on."""
+        if len(self._known_series) > 100_000:
+            self._known_series.clear()
+        for series_uid, series_pk, study_pk in self._pending_series.pop(session, []):
+            self._known_series[series_uid] = (series_pk, study_pk)
+
+    def ingest_batch(
+        self, items: list[tuple[Path, str | None]], expected_study: str | None = None
+    ) -> list[StoreOutcome]:
+        """Ingest several temp files (one STOW-RS request) with one index transaction.
+
+        Same rules and outcomes as ``ingest_temp`` one by one; the files are made durable
+        in parallel and indexed in a single commit. If that commit conflicts with a
+        concurrent writer, each instance falls back to the one-by-one path.
+        """
+        outcomes: list[StoreOutcome | None] = [None] * len(items)
+        ready: list[tuple[int, ParsedInstance, Path, str]] = []
+        for position, (temp_path, sha256) in enumerate(items):
+            prepared = self._prepare(temp_path, sha256, expected_study)
+            if isinstance(prepared, StoreOutcome):
+                outcomes[position] = prepared
+            else:
+                ready.append((position, prepared, temp_path, sha256 or hash_file(temp_path)))
+        try:
+            placed = list(self._io_pool.map(lambda r: self._place(r[2], r[3]), ready))
+        except OSError as exc:
+            for _, _, temp_path, _ in ready:
+                temp_path.unlink(missing_ok=True)
+            log.warning("batch ingest could not write: %s", exc)
+            failure = StoreOutcome(
+                StoreStatus.REJECTED, failure_status=OUT_OF_RESOURCES, reason=f"storage error: {exc}"
+            )
+            return [o or failure for o in outcomes]
+        events: list[InstanceStored] = []
+        try:
+            with self.sessions() as session:
+                batch: list[tuple[int, StoreOutcome]] = []
+                for (position, parsed, _, digest), path in zip(ready, placed, strict=True):
+                    ids = _ids(parsed.dataset)
+                    known = session.execute(
+                        select(Instance.blob_sha256).where(
+                            Instance.sop_instance_uid == ids["sop_instance_uid"]
+                        )
+                    ).first()
+                    if known is not None:
+                        raise _FallBack  # duplicates and replacements take the careful path
+                    self._index(session, parsed, digest, path.stat().st_size, parsed.header_json(), None)
+                    batch.append((position, StoreOutcome(StoreStatus.STORED, **ids)))
+                    events.append(_event(parsed))
+                session.commit()
+                self._remember_series(session)
+            for position, outcome in batch:
+                outcomes[position] = outcome
+        except (_FallBack, IntegrityError):
+            self._pending_series.pop(session, None)
+            events = []
+            for (position, parsed, _, digest), path in zip(ready, placed, strict=True):
+                outcome, event = self._store_placed(parsed, path, digest)
+                outcomes[position] = outcome
+                if event is not None:
+                    events.append(event)
+        except OperationalError as exc:
+            log.warning("batch ingest failed on the database: %s", exc)
+            for (position, _, _, digest), _path in zip(ready, placed, strict=True):
+                self._drop_blob_if_unreferenced(digest)
+                outcomes[position] = StoreOutcome(
+                    StoreStatus.REJECTED, failure_status=OUT_OF_RESOURCES, reason="database unavailable"
+                )
+        for event in events:
+            self._notify(event)
+        return [o for o in outcomes if o is not None]
+
+    def _prepare(
+        self, temp_path: Path, sha256: str | None, expected_study: str | None
+    ) -> ParsedInstance | StoreOutcome:
+        """Parse and validate a temp file; a rejection consumes it."""
+        try:
+            parsed = parse_instance(temp_path, self.limits)
+            ds = parsed.dataset
+            if expected_study and str(ds.StudyInstanceUID) != expected_study:
+                wrong_study = RejectedInstance(
+                    f"StudyInstanceUID {ds.StudyInstanceUID} is not the study {expected_study} of the request",
+                    DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                )
+                wrong_study.sop_class_uid = str(ds.SOPClassUID)
+                wrong_study.sop_instance_uid = str(ds.SOPInstanceUID)
+                raise wrong_study
+            return parsed
+        except RejectedInstance as exc:
+            temp_path.unlink(missing_ok=True)
+            return StoreOutcome(
+                StoreStatus.REJECTED,
+                sop_class_uid=exc.sop_class_uid,
+                sop_instance_uid=exc.sop_instance_uid,
+                failure_status=exc.status,
+                reason=exc.reason,
+            )
+
+    def _place(self, temp_path: Path, digest: str) -> Path:
+        """Durably move a temp file to its blob path (fsync of file and folder; run in parallel)."""
+        return self.blobs.commit_temp(temp_path, digest)
+
+    def _store_placed(
+        self, parsed: ParsedInstance, path: Path, digest: str
+    ) -> tuple[StoreOutcome, InstanceStored | None]:
+        """The one-by-one path for a blob already in place (batch fallback)."""
+        fh, temp = self.blobs.new_temp()
+        fh.close()
+        temp.unlink()
+        os.link(path, temp)
+        try:
+            outcome, event = self._store(parsed, temp, digest)
+        finally:
+            temp.unlink(missing_ok=True)
+        if outcome.status not in (StoreStatus.STORED, StoreStatus.REPLACED):
+            self._drop_blob_if_unreferenced(digest)  # placed by the batch, not wanted after all
+        return outcome, event
 
     def _duplicate_outcome(
         self, existing_sha256: str | None, digest: str, temp_path: Path, ids: dict[str, Any]
@@ -391,7 +480,7 @@ class Archive:
             )
             session.add(series)
             session.flush()
-        self._pending_series[session] = (series_uid, series.id, study.id)
+        self._pending_series.setdefault(session, []).append((series_uid, series.id, study.id))
         values = self._instance_values(parsed, digest, size, header, now)
         if existing is not None:
             replaced = existing.blob_sha256
@@ -611,6 +700,28 @@ class ReconcileReport:
     @property
     def clean(self) -> bool:
         return not self.missing_files and not self.orphan_files
+
+
+def _ids(ds: Dataset) -> dict[str, Any]:
+    return {
+        "sop_class_uid": str(ds.SOPClassUID),
+        "sop_instance_uid": str(ds.SOPInstanceUID),
+        "study_instance_uid": str(ds.StudyInstanceUID),
+        "series_instance_uid": str(ds.SeriesInstanceUID),
+    }
+
+
+def _event(parsed: ParsedInstance) -> InstanceStored:
+    ds = parsed.dataset
+    return InstanceStored(
+        str(ds.StudyInstanceUID),
+        str(ds.SeriesInstanceUID),
+        str(ds.SOPInstanceUID),
+        str(ds.SOPClassUID),
+        _text(ds, "Modality", 16),
+        parsed.transfer_syntax_uid,
+        _int_or_none(ds, "NumberOfFrames") or 1,
+    )
 
 
 def open_archive(settings: Settings) -> Archive:

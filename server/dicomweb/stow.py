@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
@@ -11,12 +10,10 @@ from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
 from server.archive.archive import StoreOutcome, StoreStatus
-from server.archive.blobs import hash_file
 from server.archive.dicomfile import CANNOT_UNDERSTAND
 from server.dicomweb.multipart import (
     MultipartError,
     MultipartReader,
-    ReceivedPart,
     SingleBodyReader,
     boundary_of,
 )
@@ -102,23 +99,27 @@ class StowHandler(BaseHandler):
             self.body = None
         if not parts:
             raise ProblemError(400, "the multipart body has no parts")
-        # Parts are stored concurrently: fsync waits overlap and the event loop stays free.
-        outcomes = list(await asyncio.gather(*(self._store_part(part, study) for part in parts)))
-        self._respond(outcomes)
-
-    async def _store_part(self, part: ReceivedPart, study_uid: str | None) -> StoreOutcome:
-        if part.content_type not in ("application/dicom", ""):
-            part.path.unlink(missing_ok=True)
-            return StoreOutcome(
-                StoreStatus.REJECTED,
-                failure_status=SOP_UNSUPPORTED_MEDIA,
-                reason=f"part of type {part.content_type} is not application/dicom",
-            )
-        return await self.run_blocking(self._ingest, part, study_uid)
-
-    def _ingest(self, part: ReceivedPart, study_uid: str | None) -> StoreOutcome:
-        digest = part.sha256 or hash_file(part.path)
-        return self.ctx.archive.ingest_temp(part.path, digest, expected_study=study_uid)
+        outcomes: list[StoreOutcome | None] = [None] * len(parts)
+        dicom_parts: list[int] = []
+        for position, part in enumerate(parts):
+            if part.content_type in ("application/dicom", ""):
+                dicom_parts.append(position)
+            else:
+                part.path.unlink(missing_ok=True)
+                outcomes[position] = StoreOutcome(
+                    StoreStatus.REJECTED,
+                    failure_status=SOP_UNSUPPORTED_MEDIA,
+                    reason=f"part of type {part.content_type} is not application/dicom",
+                )
+        # One index transaction for the request; files made durable in parallel (archive.ingest_batch).
+        stored = await self.run_blocking(
+            self.ctx.archive.ingest_batch,
+            [(parts[i].path, parts[i].sha256 or None) for i in dicom_parts],
+            study,
+        )
+        for position, outcome in zip(dicom_parts, stored, strict=True):
+            outcomes[position] = outcome
+        self._respond([o for o in outcomes if o is not None])
 
     def _respond(self, outcomes: list[StoreOutcome]) -> None:
         base = f"{self.request.protocol}://{self.request.host}/dicom-web"
