@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import IO
 
@@ -45,10 +47,35 @@ def _count_sources(paths: list[Path]) -> int:
     return total
 
 
+_worker_archive: Archive | None = None
+
+
+def _start_import_worker(settings: Settings) -> None:
+    global _worker_archive
+    _worker_archive = Archive(settings, run_migrations=False)
+
+
+def _import_chunk(files: list[Path]) -> list[tuple[str, StoreStatus, str]]:
+    """In a worker process: ingest plain files through the one ingest path."""
+    assert _worker_archive is not None
+    results = []
+    for file in files:
+        try:
+            outcome = _worker_archive.ingest_path(file)
+        except OSError as exc:
+            outcome = StoreOutcome(StoreStatus.REJECTED, reason=f"cannot read: {exc.strerror or exc}")
+        results.append((str(file), outcome.status, outcome.reason))
+    return results
+
+
 def import_paths(
-    archive: Archive, paths: list[Path], *, quiet: bool = False
+    archive: Archive, paths: list[Path], *, quiet: bool = False, jobs: int = 1
 ) -> tuple[Counter[StoreStatus], list[tuple[str, str]]]:
-    """Import through the one ingest path; returns counts and (file, reason) for each rejection."""
+    """Import through the one ingest path; returns counts and (file, reason) for each rejection.
+
+    With ``jobs`` > 1, plain files are ingested by that many worker processes (parsing is
+    CPU-bound Python, so threads would not help); zip members are read here, in order.
+    """
     counts: Counter[StoreStatus] = Counter()
     rejected: list[tuple[str, str]] = []
     missing = [p for p in paths if not p.exists()]
@@ -57,7 +84,10 @@ def import_paths(
         counts[StoreStatus.REJECTED] += 1
     present = [p for p in paths if p.exists()]
     with tqdm(total=_count_sources(present), unit="file", disable=quiet, file=sys.stderr) as bar:
-        for name, source in _import_sources(present):
+        sources = _import_sources(present)
+        if jobs > 1:
+            sources = _import_in_workers(archive.settings, sources, jobs, counts, rejected, bar)
+        for name, source in sources:
             try:
                 outcome: StoreOutcome = (
                     archive.ingest_path(source) if isinstance(source, Path) else archive.ingest_stream(source)
@@ -71,10 +101,42 @@ def import_paths(
     return counts, rejected
 
 
+def _import_in_workers(
+    settings: Settings,
+    sources: Iterator[tuple[str, IO[bytes] | Path]],
+    jobs: int,
+    counts: Counter[StoreStatus],
+    rejected: list[tuple[str, str]],
+    bar: tqdm,
+) -> Iterator[tuple[str, IO[bytes] | Path]]:
+    """Send plain files to worker processes in chunks; hand zip members back to the caller."""
+    chunk: list[Path] = []
+    with ProcessPoolExecutor(jobs, initializer=_start_import_worker, initargs=(settings,)) as pool:
+        futures = []
+        for name, source in sources:
+            if isinstance(source, Path):
+                chunk.append(source)
+                if len(chunk) == 32:
+                    futures.append(pool.submit(_import_chunk, chunk))
+                    chunk = []
+            else:
+                yield name, source
+        if chunk:
+            futures.append(pool.submit(_import_chunk, chunk))
+        for future in as_completed(futures):
+            for name, status, reason in future.result():
+                counts[status] += 1
+                if status is StoreStatus.REJECTED:
+                    rejected.append((name, reason))
+                bar.update(1)
+
+
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     archive = Archive(settings)
     try:
-        counts, rejected = import_paths(archive, [Path(p) for p in args.paths], quiet=args.quiet)
+        counts, rejected = import_paths(
+            archive, [Path(p) for p in args.paths], quiet=args.quiet, jobs=args.jobs
+        )
     finally:
         archive.close()
     for name, reason in rejected:
@@ -178,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import DICOM files, folders (recursively) and zip files")
     imp.add_argument("paths", nargs="+", metavar="PATH")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    imp.add_argument(
+        "-j", "--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)"
+    )
     imp.set_defaults(func=cmd_import)
 
     rec = sub.add_parser("reconcile", help="compare the index with the stored files after a crash")
