@@ -25,6 +25,7 @@ from pydicom.uid import generate_uid
 
 from sample_data.radiology import Patient, Study, ct_series
 from server.archive.archive import Archive
+from server.cli import import_paths
 from server.config import load_settings
 from tests.bench.measure import Latency, print_table, time_calls
 from tests.bench.servers import OrthancProcess, TesseraProcess
@@ -189,13 +190,11 @@ def bench_ingest(work: Path, count: int, with_orthanc: bool) -> None:
         timed(lambda: copy_files(files, work / "copy2", fsync=True)),
         "durable, like the archive",
     )
-    archive = Archive(load_settings({}, data_dir=work / "import"))
-    record(
-        "tessera import (SQLite)",
-        timed(lambda: [archive.ingest_path(p) for p in files]),
-        "in-process, one thread",
-    )
-    archive.close()
+    for jobs in (1, 2):
+        archive = Archive(load_settings({}, data_dir=work / f"import-{jobs}"))
+        seconds = timed(lambda a=archive, j=jobs: import_paths(a, files, quiet=True, jobs=j))
+        record(f"tessera import (SQLite), {jobs} process(es)", seconds, "as `tessera import -j N`")
+        archive.close()
     for label in ("SQLite", "PostgreSQL"):
         for clients in (1, 2):
             db_url = new_pg_database() if label == "PostgreSQL" else ""
