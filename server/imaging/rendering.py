@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -60,6 +60,28 @@ def default_window(header: Dataset) -> Window | None:
             function = "linear"
         return Window(_first(header.WindowCenter), _first(header.WindowWidth), function)  # type: ignore[arg-type]
     return None
+
+
+def window_presets(header: Dataset) -> list[tuple[str, Window]]:
+    """Every window the file offers (WindowCenter/WindowWidth are multi-valued), with its
+    WindowCenterWidthExplanation, so a viewer can list them; mammograms often carry two or three."""
+    if "WindowCenter" not in header or "WindowWidth" not in header:
+        return []
+
+    def listed(value: Any) -> list[Any]:
+        multi = isinstance(value, list | tuple) or type(value).__name__ == "MultiValue"
+        return list(value) if multi else [value]
+
+    centers, widths = listed(header.WindowCenter), listed(header.WindowWidth)
+    explanations = listed(header.get("WindowCenterWidthExplanation", []) or [])
+    function = str(header.get("VOILUTFunction", "LINEAR")).lower().replace("_", "-")
+    if function not in ("linear", "linear-exact", "sigmoid"):
+        function = "linear"
+    presets = []
+    for i, (center, width) in enumerate(zip(centers, widths, strict=False)):
+        name = str(explanations[i]) if i < len(explanations) and explanations[i] else f"Window {i + 1}"
+        presets.append((name, Window(float(center), float(width), function)))  # type: ignore[arg-type]
+    return presets
 
 
 def to_display(array: np.ndarray, header: Dataset, window: Window | None = None) -> np.ndarray:
