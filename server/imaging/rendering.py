@@ -100,7 +100,9 @@ def to_display(array: np.ndarray, header: Dataset, window: Window | None = None)
     if window is not None:
         out = apply_window(values, window)
     elif "VOILUTSequence" in header:
-        lut_out = apply_voi_lut(array if "ModalityLUTSequence" in header else values, header, prefer_lut=True)
+        # The LUT is indexed by (integer) modality values: never hand it floats.
+        lut_input = array if "ModalityLUTSequence" in header else np.rint(values).astype(np.int32)
+        lut_out = apply_voi_lut(lut_input, header, prefer_lut=True)
         descriptor = header.VOILUTSequence[0].LUTDescriptor
         lut_bits = int(descriptor[2]) if len(descriptor) > 2 else 16
         out = lut_out.astype(np.float64) * (255.0 / ((1 << lut_bits) - 1))
