@@ -66,6 +66,25 @@ class SpecialtyModule(Protocol):
     def viewer_url(self, study_instance_uid: str, series_instance_uid: str) -> str: ...
 
 
+class FileImporter(Protocol):
+    """Optional: a module that turns a non-DICOM file (e.g. a vendor slide) into archived instances.
+
+    ``import_file`` answers None when the file is not its kind, raises ValueError with a clear
+    message when it is but cannot be read, and otherwise stores through ``archive`` and returns
+    the outcomes. ``identity`` carries patient/study fields given on the command line.
+    """
+
+    def import_file(
+        self, archive: Any, path: Path, identity: dict[str, Any] | None = None
+    ) -> list[Any] | None: ...
+
+
+class CommandProvider(Protocol):
+    """Optional: a module that adds subcommands to ``tessera`` (argparse subparsers)."""
+
+    def add_commands(self, subparsers: Any) -> None: ...
+
+
 class ModuleError(RuntimeError):
     pass
 
@@ -120,6 +139,12 @@ class ModuleRegistry:
     def setup(self, ctx: ServerContext) -> None:
         for module in self.modules:
             module.setup(ctx)
+
+    def importers(self) -> list[FileImporter]:
+        return [m for m in self.modules if callable(getattr(m, "import_file", None))]  # type: ignore[misc]
+
+    def command_providers(self) -> list[CommandProvider]:
+        return [m for m in self.modules if callable(getattr(m, "add_commands", None))]  # type: ignore[misc]
 
     def dispatch(self, event: InstanceStored) -> None:
         """Archive listener: tell every module; each decides whether the instance concerns it."""

@@ -25,6 +25,7 @@ from server.tiles import (
     strong_etag,
 )
 from server.tiles.deepzoom import best_level_for_downsample
+from server.tiles.filehandles import pread_if_cached
 from server.tiles.http import etag_matches
 
 
@@ -213,3 +214,20 @@ def test_file_handles_stay_valid_after_eviction(tmp_path: Path) -> None:
     import os
 
     assert os.pread(held.fd, 3, 0) == b"\0\0\0"  # evicted from the cache, still open for its holder
+
+
+def test_pread_if_cached_never_waits(tmp_path: Path) -> None:
+    path = tmp_path / "frames"
+    path.write_bytes(bytes(range(256)) * 64)  # just written: in the page cache
+    handle = FileHandleCache().get(path)
+    assert pread_if_cached(handle.fd, 10, 256) == bytes(range(10))
+    assert pread_if_cached(handle.fd, 0, 0) is None
+    assert pread_if_cached(handle.fd, 100, len(path.read_bytes()) - 10) is None  # short read: not served
+    assert FileHandleCache().cached(path) is None  # cached() never opens a file
+
+
+def test_sources_without_nonblocking_reads_use_the_executor_path() -> None:
+    dz = DeepZoom(ArraySource(1024, 768))
+    assert dz.read_tile_nowait(dz.level_count - 1, 1, 1) is None
+    with pytest.raises(TileNotFound):
+        dz.read_tile_nowait(dz.level_count, 0, 0)

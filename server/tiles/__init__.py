@@ -2,11 +2,20 @@
 
 from server.tiles.cache import CachedTile, TileCache, strong_etag, tile_cache_of
 from server.tiles.deepzoom import DeepZoom, TilePlan, dzi_level_dimensions
-from server.tiles.filehandles import FileHandleCache, OpenFile
-from server.tiles.source import EncodedTile, Level, SourceUnreadable, TileError, TileNotFound, TileSource
+from server.tiles.filehandles import FileHandleCache, OpenFile, pread_if_cached
+from server.tiles.source import (
+    CachedTileReads,
+    EncodedTile,
+    Level,
+    SourceUnreadable,
+    TileError,
+    TileNotFound,
+    TileSource,
+)
 
 __all__ = [
     "CachedTile",
+    "CachedTileReads",
     "DeepZoom",
     "EncodedTile",
     "FileHandleCache",
@@ -19,6 +28,7 @@ __all__ = [
     "TilePlan",
     "TileSource",
     "dzi_level_dimensions",
+    "pread_if_cached",
     "strong_etag",
     "tile_cache_of",
 ]

@@ -18,7 +18,7 @@ from xml.sax.saxutils import quoteattr
 
 from PIL import Image
 
-from server.tiles.source import EncodedTile, TileNotFound, TileSource
+from server.tiles.source import CachedTileReads, EncodedTile, TileNotFound, TileSource
 
 DZI_NAMESPACE = "http://schemas.microsoft.com/deepzoom/2008"
 
@@ -119,6 +119,17 @@ class DeepZoom:
         region = (int(l_x), int(l_y), l_width, l_height)
         coincides = o == 0 and exact and level.tile_width == t and level.tile_height == t and size == (t, t)
         return TilePlan(index, (column, row) if coincides else None, region, size)
+
+    def read_tile_nowait(self, dz_level: int, column: int, row: int) -> EncodedTile | None:
+        """The tile if it is a stored tile the OS has in memory; None means "use read_tile in an executor".
+
+        Never blocks: fine on the event loop. Raises TileNotFound like ``plan``.
+        """
+        plan = self.plan(dz_level, column, row)
+        if plan.passthrough is None or not isinstance(self.source, CachedTileReads):
+            return None
+        tile = self.source.read_encoded_tile_nowait(plan.source_level, *plan.passthrough)
+        return tile if tile is not None and tile.media_type == "image/jpeg" else None
 
     def read_tile(self, dz_level: int, column: int, row: int) -> EncodedTile:
         """The encoded DZI tile; blocking (file reads, maybe decode and encode)."""

@@ -77,3 +77,14 @@ class TileSource(Protocol):
 
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> Image.Image:
         """RGB pixels of a rectangle in the level's own pixel coordinates (clipped at the edges)."""
+
+
+@runtime_checkable
+class CachedTileReads(Protocol):
+    """Optional: a source whose stored tiles can be read without blocking when the OS has them cached.
+
+    ``read_encoded_tile_nowait`` returns None whenever the read might wait for a disk (or
+    the tile needs decoding); the engine then uses the executor. Safe on the event loop.
+    """
+
+    def read_encoded_tile_nowait(self, level: int, column: int, row: int) -> EncodedTile | None: ...

@@ -1,0 +1,7 @@
+"""Pathology: whole-slide images that pan and zoom like a microscope."""
+
+from modules.pathology.module import PathologyModule
+
+module = PathologyModule()
+
+__all__ = ["PathologyModule", "module"]

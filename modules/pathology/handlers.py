@@ -1,0 +1,223 @@
+"""HTTP routes of the pathology module: DZI descriptors and tiles, slide info, associated images.
+
+A warm tile is answered from the process's tile cache on the event loop (one dict
+lookup, no executor hop); so is a stored tile whose bytes the OS page cache holds (one
+``preadv(RWF_NOWAIT)``, which cannot wait for a disk). Anything else is read, and only
+if needed decoded and re-encoded, in the executor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from modules.pathology.alignment import AlignmentError, AlignmentStore, validate_alignment
+from modules.pathology.annotations import AnnotationError, AnnotationStore, validate_collection
+from modules.pathology.slides import NotASlide, Slide, SlideLibrary, is_uid
+from server.context import ServerContext
+from server.tiles import CachedTile, DeepZoom, SourceUnreadable, TileCache, TileNotFound
+from server.tiles.deepzoom import encode_jpeg
+from server.tiles.http import IMMUTABLE, REVALIDATE, finish_cached
+from server.web.base import BaseHandler, ProblemError
+
+log = logging.getLogger(__name__)
+TILE_NAME = re.compile(r"(\d{1,9})_(\d{1,9})\.(?:jpeg|jpg)")
+MAX_ANNOTATION_BYTES = 8 * 1024**2
+
+
+def produce_tile(deepzoom: DeepZoom, level: int, column: int, row: int) -> CachedTile:
+    """Blocking: read (and if needed decode, resample, encode) one DZI tile, then hash it."""
+    tile = deepzoom.read_tile(level, column, row)
+    return CachedTile.of(tile.data, tile.media_type)
+
+
+class SlideHandler(BaseHandler):
+    library: SlideLibrary
+    cache: TileCache
+
+    def initialize(self, ctx: ServerContext, library: SlideLibrary, cache: TileCache) -> None:  # type: ignore[override]
+        super().initialize(ctx)
+        self.library = library
+        self.cache = cache
+
+    async def slide(self, series_uid: str, revalidate: bool = False) -> Slide:
+        if not is_uid(series_uid):
+            raise ProblemError(400, f"{series_uid[:80]!r} is not a Series Instance UID")
+        slide = None if revalidate else self.library.cached(series_uid)
+        if slide is None:
+            try:
+                slide = await self.run_blocking(self.library.open, series_uid, revalidate)
+            except NotASlide as exc:
+                raise ProblemError(404, f"series {series_uid} is not a whole-slide image: {exc}") from exc
+        return slide
+
+
+class DziHandler(SlideHandler):
+    async def get(self, series_uid: str) -> None:
+        slide = await self.slide(series_uid, revalidate=True)
+        body = slide.deepzoom.descriptor().encode()
+        finish_cached(self, body, "application/xml; charset=utf-8", CachedTile.of(body, "").etag, REVALIDATE)
+
+
+class TileHandler(SlideHandler):
+    async def get(self, series_uid: str, level: str, name: str) -> None:
+        slide = await self.slide(series_uid)
+        version = self.get_query_argument("v", "")
+        if version and version != slide.version:  # this process may hold an older pyramid
+            slide = await self.slide(series_uid, revalidate=True)
+        match = TILE_NAME.fullmatch(name)
+        if not level.isdigit() or len(level) > 3 or match is None:
+            raise ProblemError(400, f"tile address {level}/{name[:40]} is not {{level}}/{{col}}_{{row}}.jpeg")
+        deepzoom = slide.deepzoom
+        address = int(level), int(match[1]), int(match[2])
+        key = (deepzoom.identity, *address)
+        tile = self.cache.get(key)
+        if tile is None:
+            try:
+                # a stored tile already in the OS page cache: read here, it cannot block
+                stored = deepzoom.read_tile_nowait(*address)
+            except TileNotFound as exc:
+                raise ProblemError(404, str(exc)) from exc
+            if stored is not None:
+                tile = CachedTile.of(stored.data, stored.media_type)
+            else:
+                try:
+                    tile = await self.run_blocking(produce_tile, deepzoom, *address)
+                except SourceUnreadable as exc:
+                    log.warning("slide %s tile %s unreadable: %s", series_uid, address, exc)
+                    raise ProblemError(500, f"the stored tile data cannot be read: {exc}") from exc
+            self.cache.put(key, tile)
+        # Immutable only under the URL of this exact pyramid version (?v= from the descriptor);
+        # anything else may change when instances arrive, so browsers revalidate (a cheap 304).
+        versioned = self.get_query_argument("v", "") == slide.version
+        finish_cached(self, tile.data, tile.media_type, tile.etag, IMMUTABLE if versioned else REVALIDATE)
+
+
+class InfoHandler(SlideHandler):
+    async def get(self, series_uid: str) -> None:
+        slide = await self.slide(series_uid, revalidate=True)
+        self.set_header("Cache-Control", REVALIDATE)
+        self.write_json(slide.info())
+
+
+class AssociatedImageHandler(SlideHandler):
+    async def get(self, series_uid: str, kind: str) -> None:
+        slide = await self.slide(series_uid)
+        if kind not in slide.source.associated:
+            raise ProblemError(404, f"slide {series_uid} has no {kind[:20]} image")
+        key = (slide.source.identity, "associated", kind)
+        tile = self.cache.get(key)
+        if tile is None:
+            tile = await self.run_blocking(self._produce, slide, kind)
+            self.cache.put(key, tile)
+        finish_cached(self, tile.data, tile.media_type, tile.etag)
+
+    @staticmethod
+    def _produce(slide: Slide, kind: str) -> CachedTile:
+        stored = slide.source.associated_encoded(kind)
+        if stored is not None:
+            return CachedTile.of(stored.data, stored.media_type)
+        return CachedTile.of(encode_jpeg(slide.source.associated_image(kind), 90), "image/jpeg")
+
+
+class StudySlidesHandler(SlideHandler):
+    """The case panel: all slides of a study."""
+
+    async def get(self, study_uid: str) -> None:
+        if not is_uid(study_uid):
+            raise ProblemError(400, f"{study_uid[:80]!r} is not a Study Instance UID")
+        slides = await self.run_blocking(self.library.slides_of_study, study_uid)
+        self.set_header("Cache-Control", REVALIDATE)
+        self.write_json({"StudyInstanceUID": study_uid, "slides": slides})
+
+
+class AnnotationsHandler(SlideHandler):
+    """GET: the slide's annotations as GeoJSON (``?download=1`` to save a file); PUT: replace them
+    (``?archive=1``: and store them in the archive as DICOM)."""
+
+    store: AnnotationStore
+
+    def initialize(  # type: ignore[override]
+        self, ctx: ServerContext, library: SlideLibrary, cache: TileCache, store: AnnotationStore
+    ) -> None:
+        super().initialize(ctx, library, cache)
+        self.store = store
+
+    async def get(self, series_uid: str) -> None:
+        slide = await self.slide(series_uid)
+        collection = await self.run_blocking(self.store.load, slide.series_instance_uid)
+        if self.get_query_argument("download", ""):
+            self.set_header("Content-Disposition", f'attachment; filename="{series_uid}.geojson"')
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(collection, "application/geo+json")
+
+    async def put(self, series_uid: str) -> None:
+        slide = await self.slide(series_uid)
+        if len(self.request.body) > MAX_ANNOTATION_BYTES:
+            raise ProblemError(413, f"annotations are limited to {MAX_ANNOTATION_BYTES // 1024**2} MB")
+        try:
+            collection = validate_collection(json.loads(self.request.body or b"null"))
+        except (ValueError, AnnotationError) as exc:
+            raise ProblemError(400, f"not an annotation FeatureCollection: {exc}") from exc
+        await self.run_blocking(self.store.save, slide.series_instance_uid, collection)
+        if self.get_query_argument("archive", "") not in ("1", "true"):
+            self.write_json(collection, "application/geo+json")
+            return
+        # ?archive=1: also a DICOM instance (the viewer auto-saves GeoJSON, and archives on request)
+        stored = await self.run_blocking(self._store_dicom, slide, collection)
+        self.write_json({**collection, "dicom": stored}, "application/geo+json")
+
+    def _store_dicom(self, slide: Slide, collection: dict[str, Any]) -> dict[str, Any] | None:
+        """Also into the archive as Microscopy Bulk Simple Annotations; the GeoJSON is kept either way."""
+        base = slide.source.base.instance.sop_instance_uid
+        try:
+            from modules.pathology.dicom_annotations import annotations_bytes
+
+            data = annotations_bytes(collection, self.ctx.archive.headers([base])[base])
+        except Exception as exc:  # highdicom missing or refusing: the annotations are saved regardless
+            log.warning("annotations of %s not written as DICOM: %s", slide.series_instance_uid, exc)
+            return {"stored": False, "reason": str(exc)[:200]}
+        if data is None:
+            return None
+        outcome = self.ctx.archive.ingest_bytes(data)
+        return {
+            "stored": outcome.ok,
+            "SeriesInstanceUID": outcome.series_instance_uid,
+            "SOPInstanceUID": outcome.sop_instance_uid,
+            "reason": outcome.reason,
+        }
+
+
+class AlignmentHandler(SlideHandler):
+    """GET/PUT the offset and rotation of slide B against slide A (side-by-side viewing)."""
+
+    store: AlignmentStore
+
+    def initialize(  # type: ignore[override]
+        self, ctx: ServerContext, library: SlideLibrary, cache: TileCache, store: AlignmentStore
+    ) -> None:
+        super().initialize(ctx, library, cache)
+        self.store = store
+
+    async def get(self, left_uid: str, right_uid: str) -> None:
+        left, right = await self.slide(left_uid), await self.slide(right_uid)
+        alignment = await self.run_blocking(
+            self.store.load, left.series_instance_uid, right.series_instance_uid
+        )
+        self.set_header("Cache-Control", "no-store")
+        # Nothing saved yet is the identity alignment, not an error: the viewer just starts there.
+        self.write_json(alignment or {"offset_um": [0.0, 0.0], "rotation_deg": 0.0, "saved": False})
+
+    async def put(self, left_uid: str, right_uid: str) -> None:
+        left, right = await self.slide(left_uid), await self.slide(right_uid)
+        try:
+            alignment = validate_alignment(json.loads(self.request.body or b"null"))
+        except (ValueError, AlignmentError) as exc:
+            raise ProblemError(400, f"not an alignment: {exc}") from exc
+        alignment["saved"] = True
+        await self.run_blocking(
+            self.store.save, left.series_instance_uid, right.series_instance_uid, alignment
+        )
+        self.write_json(alignment)

@@ -1,0 +1,204 @@
+"""The slides a process has opened: series UID → source, DZI view and info, kept warm.
+
+Opening a slide costs two SQL queries and a JSON parse per instance; after that every
+tile request finds its slide with a dict lookup on the event loop. One library per
+process; a new instance in a series drops the slide so the next request reassembles it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from modules.pathology.dicom_source import ASSOCIATED_KINDS, DicomWsiSource, NotASlide, WsiHeader
+from server.archive.archive import Archive
+from server.archive.models import Series, Study
+from server.tiles import DeepZoom, FileHandleCache
+
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_uid(text: str) -> bool:
+    return len(text) <= 64 and bool(UID_PATTERN.match(text))
+
+
+@dataclass
+class Slide:
+    series_instance_uid: str
+    study_instance_uid: str
+    source: DicomWsiSource
+    deepzoom: DeepZoom
+    number_of_instances: int
+
+    @property
+    def version(self) -> str:
+        """Goes into tile URLs (``?v=``) so a changed slide never hits a stale immutable tile."""
+        return self.source.identity
+
+    def dzi_url(self, prefix: str = "/pathology") -> str:
+        return f"{prefix}/slides/{self.series_instance_uid}.dzi?v={self.version}"
+
+    def info(self, prefix: str = "/pathology") -> dict[str, Any]:
+        source = self.source
+        base = source.base.attributes
+        mpp = source.mpp
+        paths = source.optical_paths
+        return {
+            "SeriesInstanceUID": self.series_instance_uid,
+            "StudyInstanceUID": self.study_instance_uid,
+            "width": source.levels[0].width,
+            "height": source.levels[0].height,
+            "levels": [
+                {
+                    "width": lv.width,
+                    "height": lv.height,
+                    "downsample": lv.downsample,
+                    "tile_width": lv.tile_width,
+                    "tile_height": lv.tile_height,
+                }
+                for lv in source.levels
+            ],
+            "mpp_x": mpp[0] if mpp else None,
+            "mpp_y": mpp[1] if mpp else None,
+            "objective_power": source.objective_power,
+            "vendor": _text(base, "00080070"),
+            "model": _text(base, "00081090"),
+            "series_description": _text(base, "0008103E"),
+            "container_identifier": _text(base, "00400512"),
+            "optical_paths": paths,
+            "focal_planes": source.focal_planes,
+            "tiled_optical_path": source.base.optical_path_identifier,
+            "dzi": {
+                "url": self.dzi_url(prefix),
+                "tile_size": self.deepzoom.tile_size,
+                "overlap": self.deepzoom.overlap,
+                "levels": self.deepzoom.level_count,
+            },
+            "annotations": f"{prefix}/slides/{self.series_instance_uid}/annotations",
+            "associated_images": {
+                kind: f"{prefix}/slides/{self.series_instance_uid}/associated/{kind}.jpeg?v={self.version}"
+                for kind in source.associated
+            },
+        }
+
+
+def _text(dataset: dict[str, Any], tag: str) -> str:
+    values = dataset.get(tag, {}).get("Value", [])
+    return str(values[0]) if values else ""
+
+
+class SlideLibrary:
+    """Per-process LRU of opened slides."""
+
+    def __init__(self, archive: Archive, files: FileHandleCache | None = None, capacity: int = 64) -> None:
+        self.archive = archive
+        self.files = files or FileHandleCache()
+        self.capacity = capacity
+        self._slides: OrderedDict[str, Slide] = OrderedDict()
+        self._lock = threading.Lock()
+        self._opening: dict[str, threading.Lock] = {}
+        self._opening_lock = threading.Lock()
+
+    def cached(self, series_uid: str) -> Slide | None:
+        """Non-blocking: safe on the event loop."""
+        with self._lock:
+            slide = self._slides.get(series_uid)
+            if slide is not None:
+                self._slides.move_to_end(series_uid)
+            return slide
+
+    def open(self, series_uid: str, revalidate: bool = False) -> Slide:
+        """Blocking (SQL): run in an executor. Raises NotASlide.
+
+        ``revalidate`` reassembles the slide when instances arrived since it was opened,
+        possibly in another server process (descriptor and info requests ask for it).
+        """
+        slide = self.cached(series_uid)
+        if slide is not None and not revalidate:
+            return slide
+        with self._opening_lock:
+            opening = self._opening.setdefault(series_uid, threading.Lock())
+        with opening:  # the first tile requests of a slide arrive together: open it once
+            if not revalidate and (slide := self.cached(series_uid)) is not None:
+                return slide
+            try:
+                return self._open(series_uid, self.cached(series_uid))
+            finally:
+                with self._opening_lock:
+                    self._opening.pop(series_uid, None)
+
+    def _open(self, series_uid: str, slide: Slide | None) -> Slide:
+        found = self.series_state(series_uid)
+        if found is None:
+            raise NotASlide(f"no series {series_uid} in the archive")
+        study_uid, count = found
+        if slide is not None and slide.number_of_instances == count:
+            return slide
+        instances = self.archive.stored_instances(study_uid, series_uid, with_frame_index=True)
+        headers = self.archive.headers(i.sop_instance_uid for i in instances)
+        parsed = [
+            WsiHeader.parse(i, headers[i.sop_instance_uid])
+            for i in instances
+            if i.sop_instance_uid in headers
+        ]
+        source = DicomWsiSource(parsed, self.files)
+        slide = Slide(series_uid, study_uid, source, DeepZoom(source), count)
+        with self._lock:
+            self._slides[series_uid] = slide
+            while len(self._slides) > self.capacity:
+                self._slides.popitem(last=False)
+        return slide
+
+    def forget(self, series_uid: str) -> None:
+        with self._lock:
+            self._slides.pop(series_uid, None)
+
+    def series_state(self, series_uid: str) -> tuple[str, int] | None:
+        """The series' study and how many instances it holds now."""
+        with self.archive.sessions() as session:
+            row = session.execute(
+                select(Study.study_instance_uid, Series.number_of_instances)
+                .join(Series, Series.study_pk == Study.id)
+                .where(Series.series_instance_uid == series_uid)
+            ).first()
+        return (row[0], row[1]) if row else None
+
+    def slides_of_study(self, study_uid: str) -> list[dict[str, Any]]:
+        """The case panel: every slide of a study with its label and thumbnail. Blocking."""
+        with self.archive.sessions() as session:
+            series_uids = list(
+                session.scalars(
+                    select(Series.series_instance_uid)
+                    .join(Study, Series.study_pk == Study.id)
+                    .where(Study.study_instance_uid == study_uid, Series.modality == "SM")
+                    .order_by(Series.series_number, Series.id)
+                )
+            )
+        result = []
+        for uid in series_uids:
+            try:
+                slide = self.open(uid)
+            except NotASlide:
+                continue
+            info = slide.info()
+            result.append(
+                {
+                    "SeriesInstanceUID": uid,
+                    "series_description": info["series_description"],
+                    "container_identifier": info["container_identifier"],
+                    "width": info["width"],
+                    "height": info["height"],
+                    "thumbnail": info["associated_images"].get("thumbnail"),
+                    "label": info["associated_images"].get("label"),
+                    "info": f"/pathology/slides/{uid}/info",
+                }
+            )
+        return result
+
+
+__all__ = ["ASSOCIATED_KINDS", "NotASlide", "Slide", "SlideLibrary", "is_uid"]
