@@ -6,6 +6,7 @@ every value here can be overridden per deployment without touching code.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -65,6 +66,14 @@ class Settings:
     query_default_limit: int = 100
     query_max_limit: int = 10_000
     worker_threads: int = 8
+    # Security (docs/security.md). None: on unless the server only listens on a loopback address.
+    auth_enabled: bool | None = None
+    session_idle_timeout: int = 1800  # seconds without a request before a login session ends
+    session_lifetime: int = 12 * 3600  # seconds after login when a session ends whatever its use
+    audit_coalesce_seconds: int = 300  # repeated reads of one object by one user: recorded once per window
+    audit_fsync: bool = True  # SQLite: fsync each audit commit (synchronous=FULL), not only at checkpoints
+    tls_cert: str = ""  # PEM certificate (chain); with tls_key, HTTP is served as HTTPS only
+    tls_key: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -86,8 +95,32 @@ class Settings:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
 
+    @property
+    def loopback_only(self) -> bool:
+        """True when the HTTP port is reachable from this machine only."""
+        return is_loopback(self.host)
+
+    @property
+    def authentication_required(self) -> bool:
+        """``auth_enabled`` as set, else on for any address other machines can reach."""
+        return self.auth_enabled if self.auth_enabled is not None else not self.loopback_only
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to ``host`` keeps the port off the network (unknown names count as reachable)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 _ENV_PREFIX = "TESSERA_"
@@ -98,7 +131,9 @@ _BOOL_FALSE = {"0", "false", "no", "off"}
 def _coerce(name: str, kind: Any, raw: Any) -> Any:
     """Turn a TOML value or an environment string into the field's type."""
     try:
-        if kind in (bool, "bool"):
+        if kind == "bool | None" and str(raw).strip().lower() in ("", "auto", "none"):
+            return None
+        if kind in (bool, "bool", "bool | None"):
             if isinstance(raw, bool):
                 return raw
             text = str(raw).strip().lower()
@@ -148,6 +183,10 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         raise ConfigError("setting duplicate_policy must be reject, replace or keep")
     if not 0 < settings.query_default_limit <= settings.query_max_limit:
         raise ConfigError("setting query_default_limit must be between 1 and query_max_limit")
+    if settings.session_idle_timeout <= 0 or settings.session_lifetime <= 0:
+        raise ConfigError("settings session_idle_timeout and session_lifetime must be positive (seconds)")
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("settings tls_cert and tls_key must be given together")
     if len(settings.ae_title) > 16 or not settings.ae_title.strip():
         raise ConfigError("setting ae_title must be 1-16 characters")
     return settings

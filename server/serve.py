@@ -21,6 +21,10 @@ from server.archive.archive import Archive
 from server.config import Settings
 from server.context import ServerContext
 from server.modules import ModuleRegistry
+from server.security.audit import APPLICATION_ACTIVITY, APPLICATION_START, APPLICATION_STOP, AuditRecord
+from server.security.policy import check_startup
+from server.security.service import SecurityService, close_security
+from server.security.transport import server_ssl_context
 from server.web.app import make_app
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ def build_context(
 def make_http_server(ctx: ServerContext) -> HTTPServer:
     return HTTPServer(
         make_app(ctx),
+        ssl_options=server_ssl_context(ctx.settings),
         xheaders=True,
         max_body_size=ctx.settings.max_upload_bytes,
         max_buffer_size=64 * 1024 * 1024,  # non-streamed bodies; STOW-RS streams
@@ -75,8 +80,16 @@ def _end_with_parent() -> None:
 def serve(settings: Settings) -> None:
     """Serve until SIGINT/SIGTERM. With processes != 1, forks children that share the port."""
     archive = Archive(settings)  # migrate and reconcile once, before any worker serves
-    report = archive.reconcile(repair=True, temp_older_than_seconds=0)
-    archive.close()
+    try:
+        security = SecurityService(settings)
+        try:
+            check_startup(settings, security.accounts.count_active_users())  # raises StartupRefused
+        finally:
+            security.close()
+        server_ssl_context(settings)  # a bad certificate or key stops here, with the setting named
+        report = archive.reconcile(repair=True, temp_older_than_seconds=0)
+    finally:
+        archive.close()
     if not report.clean:
         log.warning(
             "reconcile: %d indexed instances have no file; %d unindexed files were indexed",
@@ -91,11 +104,16 @@ def serve(settings: Settings) -> None:
     ctx = build_context(settings, migrate=False)
     first = task_id() in (None, 0)
     dimse = start_dimse(ctx) if first else None
+    if first:
+        _record_application(ctx, APPLICATION_START)
 
     async def main() -> None:
         server = make_http_server(ctx)  # created inside the running loop it will serve on
         server.add_sockets(sockets)
-        log.info("Tessera serving http://%s:%d (pid %d)", settings.host, settings.port, os.getpid())
+        scheme = "https" if settings.tls_enabled else "http"
+        log.info("Tessera serving %s://%s:%d (pid %d)", scheme, settings.host, settings.port, os.getpid())
+        if not settings.authentication_required:
+            log.warning("authentication is off: anyone who can reach %s has full access", settings.host)
         if dimse is not None:
             log.info("DICOM services: AE %s on port %d", settings.ae_title, settings.dicom_port)
         stop = asyncio.Event()
@@ -110,8 +128,30 @@ def serve(settings: Settings) -> None:
     finally:
         if dimse is not None:
             dimse.shutdown()
+        if first:
+            _record_application(ctx, APPLICATION_STOP)
         ctx.executor.shutdown(wait=False, cancel_futures=True)
+        close_security(ctx)
         ctx.archive.close()
+
+
+def _record_application(ctx: ServerContext, event_type: str) -> None:
+    """Application Start/Stop in the audit trail (PS3.15 A.5.3.1)."""
+    from server.security.service import security_of
+
+    try:
+        security_of(ctx).record(
+            AuditRecord(
+                APPLICATION_ACTIVITY,
+                "E",
+                event_type=event_type,
+                auth_method="process",
+                client_address=ctx.settings.host,
+                resource=f"pid {os.getpid()}",
+            )
+        )
+    except Exception:
+        log.exception("cannot record application %s in the audit trail", event_type)
 
 
 @dataclass
@@ -127,7 +167,8 @@ class BackgroundServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ctx.settings.tls_enabled else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def settings(self) -> Settings:
@@ -176,4 +217,5 @@ class BackgroundServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self.ctx.executor.shutdown(wait=False, cancel_futures=True)
+        close_security(self.ctx)
         self.ctx.archive.close()

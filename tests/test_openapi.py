@@ -22,7 +22,7 @@ from tornado.web import RequestHandler
 from server.archive.query import ATTRIBUTES
 from server.config import Settings
 from server.serve import build_context
-from server.web.app import OPENAPI, make_app
+from server.web.app import OPENAPI, handler_rules, make_app
 from tests.conftest import make_settings
 
 DOCUMENT: dict[str, Any] = json.loads(OPENAPI.read_text(encoding="utf-8"))
@@ -118,7 +118,7 @@ def app_routes(
         app = make_app(ctx)
         module_prefixes = tuple(f"/{m.id}/" for m in (ctx.registry.modules if ctx.registry else []))
         routes = []
-        for rule in app.wildcard_router.rules:
+        for rule in handler_rules(app):
             pattern, handler = rule.matcher.regex.pattern, rule.target
             if pattern.startswith(module_prefixes):
                 continue  # the module's business

@@ -37,7 +37,8 @@ class StowHandler(BaseHandler):
     problem: tuple[int, str] | None = None
     received = 0
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        await self.authorize()  # before anything of the body is read or stored
         if self.request.method != "POST":
             return
         limit = self.ctx.settings.max_upload_bytes
@@ -122,6 +123,7 @@ class StowHandler(BaseHandler):
         self._respond([o for o in outcomes if o is not None])
 
     def _respond(self, outcomes: list[StoreOutcome]) -> None:
+        self.note_audit(studies=[o.study_instance_uid for o in outcomes if o.ok and o.study_instance_uid])
         base = f"{self.request.protocol}://{self.request.host}/dicom-web"
         referenced: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from tornado.log import access_log
+from tornado.routing import PathMatches, Rule, RuleRouter
 from tornado.web import Application, RedirectHandler, RequestHandler, StaticFileHandler
 
 from server.context import ServerContext
 from server.dicomweb.routes import dicomweb_routes
+from server.security.handlers import AuditExportHandler, AuditHandler, SessionHandler
 from server.web.api import HealthHandler, ModulesHandler, StudyHandler
-from server.web.base import CONTENT_SECURITY_POLICY, NotFoundHandler
+from server.web.base import CONTENT_SECURITY_POLICY, HSTS, NotFoundHandler
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STATIC_DIR = PROJECT_ROOT / "static"
@@ -29,6 +31,8 @@ class FrontendFile(StaticFileHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        if self.request.protocol == "https":
+            self.set_header("Strict-Transport-Security", HSTS)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/problem+json")
@@ -54,11 +58,30 @@ def log_request(handler: RequestHandler) -> None:
 
 def make_app(ctx: ServerContext) -> Application:
     k = {"ctx": ctx}
-    routes: list[Any] = [
+    # Each module's routes sit behind one prefix rule, checked first: a tile request is matched
+    # after a handful of regexes, not after every core route.
+    routes: list[Any] = []
+    registry = ctx.registry
+    for module in registry.modules if registry is not None else []:
+        module_routes: list[Any] = []
+        for spec in module.routes(ctx):
+            pattern = f"/{module.id}/{spec.pattern.lstrip('/')}"
+            module_routes.append((pattern, spec.handler, {"ctx": ctx, **spec.kwargs}))
+        if module.static_dir is not None:
+            module_routes.append(
+                (rf"/{module.id}/static/(.*)$", FrontendFile, {"path": str(module.static_dir)})
+            )
+        routes.append(Rule(PathMatches(rf"/{module.id}/.*"), module_routes))
+    routes += [
         *dicomweb_routes(ctx),
         (rf"/api/studies/({UID})/?$", StudyHandler, k),
         (r"/api/modules/?$", ModulesHandler, k),
         (r"/api/health/?$", HealthHandler, k),
+        (r"/api/session/?$", SessionHandler, k),
+        (r"/api/audit/?$", AuditHandler, k),
+        (r"/api/audit/export/?$", AuditExportHandler, k),
+        (r"/login$", RedirectHandler, {"url": "/static/login.html"}),
+        (r"/audit$", RedirectHandler, {"url": "/static/audit.html"}),
         (r"/api/(openapi\.json)$", FrontendFile, {"path": str(OPENAPI.parent)}),
         (r"/()$", FrontendFile, {"path": str(STATIC_DIR), "default_filename": "index.html"}),
         (r"/viewer$", RedirectHandler, {"url": "/viewer/"}),
@@ -70,13 +93,6 @@ def make_app(ctx: ServerContext) -> Application:
         (r"/static/(.*)$", FrontendFile, {"path": str(STATIC_DIR)}),
         (r"/vendor/openseadragon/(.*)$", FrontendFile, {"path": str(OPENSEADRAGON_DIR)}),
     ]
-    registry = ctx.registry
-    for module in registry.modules if registry is not None else []:
-        for spec in module.routes(ctx):
-            pattern = f"/{module.id}/{spec.pattern.lstrip('/')}"
-            routes.append((pattern, spec.handler, {"ctx": ctx, **spec.kwargs}))
-        if module.static_dir is not None:
-            routes.append((rf"/{module.id}/static/(.*)$", FrontendFile, {"path": str(module.static_dir)}))
     return Application(
         routes,
         default_handler_class=NotFoundHandler,
@@ -86,3 +102,16 @@ def make_app(ctx: ServerContext) -> Application:
         serve_traceback=False,
         log_function=log_request,
     )
+
+
+def handler_rules(app: Application) -> list[Rule]:
+    """Every rule that leads to a handler, module rules included (the prefix rules unfolded)."""
+    rules: list[Rule] = []
+    pending = list(app.wildcard_router.rules)
+    while pending:
+        rule = pending.pop(0)
+        if isinstance(rule.target, RuleRouter):
+            pending[:0] = rule.target.rules
+        else:
+            rules.append(rule)
+    return rules

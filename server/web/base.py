@@ -1,16 +1,25 @@
-"""The base handler every route uses: problem+json errors, security headers, executor access."""
+"""The base handler every route uses: problem+json errors, security headers, executor access,
+the authorization check (server/security/guard.py) and the audit record of each request."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import inspect
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from server.context import ServerContext
+from server.security import guard
+from server.security.accounts import Identity
+from server.security.policy import Permission
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,8 +41,39 @@ class ProblemError(HTTPError):
         self.extra = extra
 
 
+HSTS = "max-age=31536000; includeSubDomains"
+
+
+def _authorized_first(prepare: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
+    """Wrap a subclass's own ``prepare`` so the authorization check always runs before it."""
+
+    @functools.wraps(prepare)
+    async def wrapper(self: BaseHandler) -> None:
+        await self._guarded_prepare(prepare)
+
+    wrapper._authorized_first = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class BaseHandler(RequestHandler):
     ctx: ServerContext
+    # Method ("GET", "*", ...) -> what the caller needs; unset: reading patient data needs READ,
+    # changing anything needs WRITE (server/security/policy.py).
+    permissions: ClassVar[Mapping[str, Permission]] = {}
+    # Method -> (event id, action, event type) for the audit trail; None: derived from the route.
+    audit_events: ClassVar[Mapping[str, tuple[str, str, str]] | None] = None
+    identity: Identity | None = None
+    audit_notes: dict[str, list[str]] | None = None
+    _authorized = False
+    _audit_state: str = "open"  # open -> writing -> done
+    _audit_task: asyncio.Future[None] | None = None
+    _finishing: asyncio.Future[None] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("prepare")
+        if own is not None and not getattr(own, "_authorized_first", False):
+            cls.prepare = _authorized_first(own)  # type: ignore[method-assign,assignment]
 
     def initialize(self, ctx: ServerContext) -> None:
         self.ctx = ctx
@@ -42,6 +82,133 @@ class BaseHandler(RequestHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        if self.request.protocol == "https":
+            self.set_header("Strict-Transport-Security", HSTS)
+
+    async def prepare(self) -> None:
+        await self._guarded_prepare(None)
+
+    async def _guarded_prepare(self, own: Callable[..., Any] | None) -> None:
+        try:
+            await self.authorize()
+            result = own(self) if own is not None else None
+            if inspect.isawaitable(result):
+                await result
+        except guard.AccessDenied as exc:
+            await self._record_refusal(exc)
+            if getattr(type(self), "_stream_request_body", False):
+                self._refuse_after_body(exc)
+                return
+            raise
+        except Exception as exc:
+            await self._record_refusal(exc)
+            raise
+
+    async def _record_refusal(self, exc: Exception) -> None:
+        """A request refused in ``prepare`` is recorded now: tornado answers it (and, for a streamed
+        upload, decides not to read the body) as soon as ``prepare`` fails, with no time to wait."""
+        self.set_status(exc.status_code if isinstance(exc, HTTPError) else 500)
+        if self._audit_pending():
+            await self._after_audit()
+
+    def _refuse_after_body(self, exc: Exception) -> None:
+        """An upload refused for its credentials is read and dropped, then answered: answering first
+        would close the connection under a client still sending, which sees a reset, not the 401."""
+
+        def refuse(*_args: Any, **_kwargs: Any) -> None:
+            raise exc
+
+        self.data_received = lambda _chunk: None  # type: ignore[method-assign,assignment]
+        setattr(self, (self.request.method or "GET").lower(), refuse)
+
+    async def authorize(self) -> None:
+        """The one access check (idempotent): who is asking, and may that role use this route?"""
+        if self._authorized:
+            return
+        self._authorized = True
+        self.identity = await guard.authorize(self)
+        self.current_user = self.identity
+
+    def note_audit(self, *, studies: Sequence[str] = (), patients: Sequence[str] = ()) -> None:
+        """Identifiers the request touched that its URL does not name (e.g. the studies a STOW stored)."""
+        notes = self.audit_notes if self.audit_notes is not None else {"studies": [], "patients": []}
+        notes["studies"].extend(studies)
+        notes["patients"].extend(patients)
+        self.audit_notes = notes
+
+    # -- the audit record goes to disk before the first byte of the response leaves -----------
+
+    def _audit_pending(self) -> bool:
+        """Decide (once) whether this response needs a record, and start writing it."""
+        if self._audit_state != "open":
+            return self._audit_state == "writing"
+        spec = guard.audit_spec(self)
+        if spec is None:
+            self._audit_state = "done"
+            return False
+        record = guard.request_record(self, spec, self.identity)
+        studies, patients, others = guard.named_uids(self)
+        key = guard.coalesce_key(record, studies, others, self)
+        service = guard.security_of(self.ctx)
+        if key is not None and service.recently_recorded(key):
+            self._audit_state = "done"
+            return False
+        self._audit_state = "writing"
+        self._audit_task = asyncio.ensure_future(
+            self.run_blocking(guard.write_request_record, self.ctx, record, studies, patients, others, key)
+        )
+        return True
+
+    async def _after_audit(self) -> bool:
+        """Wait for the record; False (and a 503 sent) if it could not be written: fail closed."""
+        assert self._audit_task is not None
+        try:
+            await self._audit_task
+        except Exception:
+            log.exception("audit record not written for %s %s", self.request.method, self.request.uri)
+            self._audit_state = "done"
+            if not self._headers_written:
+                self.clear()
+                self.set_status(503)
+                self.set_header("Content-Type", "application/problem+json")
+                body = {
+                    "type": "about:blank",
+                    "status": 503,
+                    "title": "Service Unavailable",
+                    "detail": "the access could not be recorded in the audit trail, so it is refused",
+                }
+                RequestHandler.finish(self, json.dumps(body))
+            return False
+        self._audit_state = "done"
+        return True
+
+    def flush(self, include_footers: bool = False) -> asyncio.Future[None]:
+        if self._audit_pending():
+
+            async def flush_later() -> None:
+                if await self._after_audit():
+                    await RequestHandler.flush(self, include_footers)  # StreamClosedError reaches the caller
+
+            return asyncio.ensure_future(flush_later())
+        return super().flush(include_footers)
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> asyncio.Future[None]:
+        if self._finishing is not None:
+            return self._finishing
+        if self._finished and self._audit_state == "done":  # a 503 already went out instead
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
+        if self._audit_pending():
+
+            async def finish_later() -> None:
+                if await self._after_audit() and not self._finished:
+                    with contextlib.suppress(StreamClosedError):  # the client left; the record stands
+                        await RequestHandler.finish(self, chunk)
+
+            self._finishing = asyncio.ensure_future(finish_later())
+            return self._finishing
+        return super().finish(chunk)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.ctx.run_blocking(fn, *args)
@@ -56,6 +223,10 @@ class BaseHandler(RequestHandler):
         body: dict[str, Any] = {"type": "about:blank", "status": status_code}
         if isinstance(exc, ProblemError):
             body.update(title=exc.title, detail=exc.detail, **exc.extra)
+        elif isinstance(exc, guard.AccessDenied):
+            body.update(title=HTTPStatus(status_code).phrase, detail=exc.detail)
+            if exc.challenge:
+                self.set_header("WWW-Authenticate", exc.challenge)
         elif isinstance(exc, HTTPError):
             body["title"] = (
                 HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "Error"
@@ -73,5 +244,7 @@ class BaseHandler(RequestHandler):
 class NotFoundHandler(BaseHandler):
     """Every unknown path answers 404 as problem+json, never a stack trace or an HTML page."""
 
-    def prepare(self) -> None:
+    permissions = {"*": Permission.PUBLIC}
+
+    async def prepare(self) -> None:
         raise ProblemError(404, f"no resource at {self.request.path}")

@@ -2,6 +2,8 @@
 // helpers, person-name and date formatting, and problem+json errors.
 // Every string returned here comes from DICOM data: put it in the DOM with textContent.
 
+import "./session.js"; // credentials, XSRF token and the trip to the login page on 401
+
 export const DICOMWEB = "/dicom-web";
 
 /** DICOM JSON tag keys (8 hex digits, upper case) by keyword, for the tags the pages read. */
