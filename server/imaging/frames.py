@@ -84,6 +84,8 @@ def decode_frame(instance: StoredInstance, header: Dataset, frame: int) -> np.nd
         }
         if syntax not in NATIVE and syntax != "1.2.840.10008.1.2.1":
             data = encapsulate([data], has_bot=False)  # the decoder reads encapsulated pixel data
+        if syntax == "1.2.840.10008.1.2.4.50" and "pillow" in decoder.available_plugins:
+            options["decoding_plugin"] = "pillow"  # libjpeg-turbo: several times faster for 8-bit baseline
         array, _ = decoder.as_array(data, index=0, **options)
         return array
     except (IndexError, FrameDecodeError):

@@ -1,0 +1,345 @@
+"""Loops of the archive as the viewer needs them: timing JSON, JPEG frames, ECG, cached MP4.
+
+All methods block (file and SQL access, decoding, encoding); handlers call them through
+the executor. Videos are made on their own single worker so that encoding never takes
+the threads that answer frame requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_fragments
+
+from modules.cardiology.cine import (
+    FrameTiming,
+    UltrasoundRegion,
+    frame_timing,
+    loop_ecg,
+    projection_region,
+    ultrasound_regions,
+    waveform_channels,
+)
+from modules.cardiology.video import (
+    H264_SYNTAXES,
+    HEVC_SYNTAXES,
+    MPEG2_SYNTAXES,
+    VideoError,
+    VideoStats,
+    decode_video_frames,
+    encode_mp4,
+    read_ahead,
+    remux_h264,
+)
+from server.archive.archive import Archive, StoredInstance
+from server.imaging.frames import FrameDecodeError, HeaderCache, decode_frame, read_frame_bytes
+from server.imaging.rendering import encode_image, to_display
+
+log = logging.getLogger(__name__)
+
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+XA_IMAGE = "1.2.840.10008.5.1.4.1.1.12.1"
+ENHANCED_XA_IMAGE = "1.2.840.10008.5.1.4.1.1.12.1.1"
+TWELVE_LEAD_ECG = "1.2.840.10008.5.1.4.1.1.9.1.1"
+GENERAL_ECG = "1.2.840.10008.5.1.4.1.1.9.1.2"
+LOOP_CLASSES = frozenset({US_MULTIFRAME, US_IMAGE, XA_IMAGE, ENHANCED_XA_IMAGE})
+WAVEFORM_CLASSES = frozenset({TWELVE_LEAD_ECG, GENERAL_ECG})
+CARDIAC_BODY_PARTS = frozenset({"", "HEART", "CHEST", "THORAX"})
+JPEG_PASSTHROUGH_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50"})
+JPEG_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
+)
+VIDEO_SYNTAXES = H264_SYNTAXES | MPEG2_SYNTAXES | HEVC_SYNTAXES
+
+
+class LoopError(ValueError):
+    """A loop request that cannot be answered; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def is_cardiac_loop(sop_class_uid: str, body_part: str, description: str = "") -> bool:
+    """US of the heart (or unlabelled US), and every XA: what this module plays as loops."""
+    if sop_class_uid in (XA_IMAGE, ENHANCED_XA_IMAGE):
+        return True
+    return sop_class_uid in LOOP_CLASSES and (
+        body_part.upper() in CARDIAC_BODY_PARTS or "ECHO" in description.upper()
+    )
+
+
+def check_jpeg_codestream(data: bytes, frame: int) -> bytes:
+    """A stored JPEG frame with its start and end markers, else an error naming the frame (1-based)."""
+    end = len(data)
+    while end > 0 and data[end - 1] == 0:  # DICOM pads fragments to even length
+        end -= 1
+    if len(data) < 4 or data[:2] != b"\xff\xd8":
+        raise FrameDecodeError(f"frame {frame + 1} is not a JPEG codestream (no start-of-image marker)")
+    if data[end - 2 : end] != b"\xff\xd9":
+        raise FrameDecodeError(f"frame {frame + 1} is a truncated JPEG codestream (no end-of-image marker)")
+    return data[:end]
+
+
+class LoopLibrary:
+    """Timing, frames, ECG and videos of the archive's loops; videos cached under derived_dir."""
+
+    def __init__(self, archive: Archive, headers: HeaderCache, derived_dir: Path) -> None:
+        self.archive = archive
+        self.headers = headers
+        self.video_dir = derived_dir / "cardiology" / "video"
+        self.video_dir.mkdir(parents=True, exist_ok=True)
+        self.video_worker = ThreadPoolExecutor(1, thread_name_prefix="tessera-cine")
+        self._pending: dict[str, Future[Path]] = {}
+        self._lock = threading.Lock()
+
+    # -- lookup ---------------------------------------------------------------------------------
+
+    def instance(self, sop_uid: str) -> tuple[StoredInstance, Dataset]:
+        instance = self.archive.instance_by_uid(sop_uid)
+        if instance is None:
+            raise LoopError(404, f"no instance {sop_uid} in the archive")
+        return instance, self.headers.get(instance)
+
+    def loop(self, sop_uid: str) -> tuple[StoredInstance, Dataset]:
+        instance, header = self.instance(sop_uid)
+        if instance.sop_class_uid not in LOOP_CLASSES:
+            raise LoopError(409, f"instance {sop_uid} is not an ultrasound or angiography image")
+        return instance, header
+
+    def regions(self, instance: StoredInstance, header: Dataset) -> list[UltrasoundRegion]:
+        """Calibrated regions: SequenceOfUltrasoundRegions for ultrasound; for angiography the
+        pixel spacing as one whole-image region. Never a guess: no calibration, no region."""
+        if instance.sop_class_uid in (XA_IMAGE, ENHANCED_XA_IMAGE):
+            region = projection_region(header, instance.rows or 0, instance.columns or 0)
+            return [region] if region is not None else []
+        return ultrasound_regions(header)
+
+    def timing(self, instance: StoredInstance, header: Dataset) -> FrameTiming:
+        return frame_timing(header, instance.number_of_frames)
+
+    # -- JSON --------------------------------------------------------------------------------------
+
+    def loop_info(self, sop_uid: str) -> dict[str, Any]:
+        instance, header = self.loop(sop_uid)
+        timing = self.timing(instance, header)
+        ecg = loop_ecg(header)
+        base = f"/cardiology/loops/{sop_uid}"
+        video = instance.transfer_syntax_uid in VIDEO_SYNTAXES
+        return {
+            "sop_instance_uid": sop_uid,
+            "study_instance_uid": instance.study_instance_uid,
+            "series_instance_uid": instance.series_instance_uid,
+            "sop_class_uid": instance.sop_class_uid,
+            "rows": instance.rows,
+            "columns": instance.columns,
+            "number_of_frames": instance.number_of_frames,
+            "frame_times_ms": [round(t, 3) for t in timing.times_ms],
+            "frame_durations_ms": [round(d, 3) for d in timing.durations_ms],
+            "duration_ms": round(timing.duration_ms, 3),
+            "fps": round(timing.fps, 3),
+            "timing_source": timing.source,
+            "timing_warnings": list(timing.warnings),
+            "regions": [r.as_json() for r in self.regions(instance, header)],
+            "ecg": {
+                "present": ecg is not None,
+                "url": f"{base}/ecg" if ecg else None,
+                "lead": ecg.label if ecg else None,
+                "r_waves_ms": [round(t, 1) for t in ecg.r_waves_ms] if ecg else [],
+            },
+            "view": str(header.get("ViewName", "")),
+            "stage": {"number": int(header.StageNumber), "name": str(header.get("StageName", ""))}
+            if "StageNumber" in header
+            else None,
+            "heart_rate": int(header.HeartRate) if header.get("HeartRate") else None,
+            "video": {"url": f"{base}.mp4", "status": self.video_status(sop_uid), "encapsulated": video},
+            "frame_url": None if video else f"{base}/frames/{{n}}.jpg",
+            "frames_url": None if video else f"{base}/frames",
+        }
+
+    def ecg_info(self, sop_uid: str) -> dict[str, Any]:
+        _, header = self.loop(sop_uid)
+        ecg = loop_ecg(header)
+        if ecg is None:
+            raise LoopError(404, f"instance {sop_uid} carries no ECG")
+        return {
+            "lead": ecg.label,
+            "sampling_hz": ecg.sampling_hz,
+            "offset_ms": ecg.offset_ms,
+            "samples_mv": np.round(ecg.samples_mv, 4).tolist(),
+            "r_waves_ms": [round(t, 1) for t in ecg.r_waves_ms],
+        }
+
+    def waveform_info(self, sop_uid: str) -> dict[str, Any]:
+        """Every channel of a 12-lead / general ECG, in mV."""
+        instance, _ = self.instance(sop_uid)
+        if instance.sop_class_uid not in WAVEFORM_CLASSES:
+            raise LoopError(409, f"instance {sop_uid} is not an ECG waveform")
+        ds = dcmread(instance.path)  # waveform data sits outside the cached header
+        groups = ds.get("WaveformSequence", [])
+        if not groups:
+            raise LoopError(422, f"ECG {sop_uid} has no WaveformSequence")
+        try:
+            hz, offset, channels = waveform_channels(groups[0])
+        except (AttributeError, ValueError, KeyError) as exc:
+            raise LoopError(422, f"ECG {sop_uid} cannot be read: {exc}") from exc
+        return {
+            "sop_instance_uid": sop_uid,
+            "sampling_hz": hz,
+            "offset_ms": offset,
+            "duration_ms": 1000.0 * len(channels[0][1]) / hz if channels else 0,
+            "channels": [{"label": label, "samples_mv": np.round(v, 4).tolist()} for label, v in channels],
+        }
+
+    def study_index(self, study_uid: str) -> dict[str, Any]:
+        """The study's loops (with stage/view for the stress layout) and ECG waveforms."""
+        loops, waveforms = [], []
+        for instance in self.archive.stored_instances(study_uid):
+            header = self.headers.get(instance)
+            entry = {
+                "sop_instance_uid": instance.sop_instance_uid,
+                "series_instance_uid": instance.series_instance_uid,
+                "number_of_frames": instance.number_of_frames,
+            }
+            if instance.sop_class_uid in WAVEFORM_CLASSES:
+                waveforms.append(entry)
+            elif is_cardiac_loop(
+                instance.sop_class_uid,
+                str(header.get("BodyPartExamined", "")),
+                str(header.get("SeriesDescription", "")),
+            ):
+                entry.update(
+                    view=str(header.get("ViewName", "")),
+                    stage_number=int(header.StageNumber) if "StageNumber" in header else None,
+                    stage_name=str(header.get("StageName", "")),
+                    series_number=int(header.get("SeriesNumber", 0) or 0),
+                    instance_number=int(header.get("InstanceNumber", 0) or 0),
+                )
+                loops.append(entry)
+        return {"study_instance_uid": study_uid, "loops": loops, "waveforms": waveforms}
+
+    # -- frames ------------------------------------------------------------------------------------
+
+    def frame_jpeg(self, instance: StoredInstance, header: Dataset, frame: int) -> bytes:
+        """A 0-based frame as JPEG: stored baseline JPEG passed through, anything else rendered."""
+        if instance.transfer_syntax_uid in VIDEO_SYNTAXES:
+            raise LoopError(409, "frames of an encapsulated video are played from its MP4")
+        if not 0 <= frame < instance.number_of_frames:
+            raise LoopError(404, f"frame {frame + 1} is outside 1..{instance.number_of_frames}")
+        photometric = instance.photometric_interpretation.upper()
+        if instance.transfer_syntax_uid in JPEG_PASSTHROUGH_SYNTAXES and photometric in (
+            "MONOCHROME2",
+            "YBR_FULL_422",
+            "YBR_FULL",
+        ):
+            return check_jpeg_codestream(read_frame_bytes(instance, frame), frame)
+        return encode_image(self.display_frame(instance, header, frame), "image/jpeg", quality=92)
+
+    def display_frame(self, instance: StoredInstance, header: Dataset, frame: int) -> np.ndarray:
+        """A 0-based frame as 8-bit display pixels (grey or RGB); corrupt JPEG frames named."""
+        if instance.transfer_syntax_uid in JPEG_SYNTAXES and instance.frame_index is not None:
+            check_jpeg_codestream(read_frame_bytes(instance, frame), frame)
+        return to_display(decode_frame(instance, header, frame), header)
+
+    def iter_display_frames(self, instance: StoredInstance, header: Dataset) -> Iterator[np.ndarray]:
+        for frame in range(instance.number_of_frames):
+            yield self.display_frame(instance, header, frame)
+
+    # -- video -------------------------------------------------------------------------------------
+
+    def video_path(self, sop_uid: str) -> Path:
+        return self.video_dir / f"{sop_uid}.mp4"
+
+    def _error_path(self, sop_uid: str) -> Path:
+        return self.video_dir / f"{sop_uid}.error"
+
+    def video_status(self, sop_uid: str) -> str:
+        if self.video_path(sop_uid).exists():
+            return "ready"
+        if self._error_path(sop_uid).exists():
+            return "failed: " + self._error_path(sop_uid).read_text(encoding="utf-8")
+        with self._lock:
+            return "pending" if sop_uid in self._pending else "not made"
+
+    def schedule_video(self, sop_uid: str) -> Future[Path]:
+        """Make the MP4 on the video worker (once, however often it is asked)."""
+        with self._lock:
+            future = self._pending.get(sop_uid)
+            if future is None:
+                future = self.video_worker.submit(self.make_video, sop_uid)
+                self._pending[sop_uid] = future
+                future.add_done_callback(lambda _f: self._forget(sop_uid))
+            return future
+
+    def _forget(self, sop_uid: str) -> None:
+        with self._lock:
+            self._pending.pop(sop_uid, None)
+
+    def make_video(self, sop_uid: str) -> Path:
+        """The cached MP4, made now if needed (blocking); a failure is remembered with its reason."""
+        path = self.video_path(sop_uid)
+        if path.exists():
+            return path
+        error = self._error_path(sop_uid)
+        if error.exists():
+            raise VideoError(error.read_text(encoding="utf-8"))
+        try:
+            instance, header = self.loop(sop_uid)
+            self.write_video(instance, header, path)
+        except (VideoError, FrameDecodeError, LoopError, ValueError) as exc:
+            error.write_text(str(exc), encoding="utf-8")
+            log.warning("no video for %s: %s", sop_uid, exc)
+            raise VideoError(str(exc)) from exc
+        return path
+
+    def write_video(
+        self,
+        instance: StoredInstance,
+        header: Dataset,
+        path: Path,
+        frames: Iterator[np.ndarray] | None = None,
+    ) -> VideoStats:
+        """Encode (or remux) to a temporary file beside `path`, then rename: never a half video."""
+        timing = self.timing(instance, header)
+        fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                syntax = instance.transfer_syntax_uid
+                if frames is None and syntax in VIDEO_SYNTAXES:
+                    stream = self._encapsulated_stream(instance)
+                    if syntax in H264_SYNTAXES:
+                        stats = remux_h264(stream, timing, out)
+                    else:
+                        container = "hevc" if syntax in HEVC_SYNTAXES else "mpegvideo"
+                        stats = encode_mp4(decode_video_frames(stream, container), timing, out)
+                else:
+                    stats = encode_mp4(
+                        read_ahead(frames or self.iter_display_frames(instance, header)), timing, out
+                    )
+            os.replace(temp, path)
+            return stats
+        finally:
+            Path(temp).unlink(missing_ok=True)
+
+    @staticmethod
+    def _encapsulated_stream(instance: StoredInstance) -> bytes:
+        ds = dcmread(instance.path)
+        try:  # the first item is the Basic Offset Table, not part of the stream
+            return b"".join(list(generate_fragments(ds.PixelData))[1:])
+        except (ValueError, AttributeError) as exc:
+            raise VideoError(f"the encapsulated video's pixel data is malformed: {exc}") from exc
+
+    def close(self) -> None:
+        self.video_worker.shutdown(wait=False, cancel_futures=True)

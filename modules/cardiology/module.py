@@ -1,0 +1,117 @@
+"""The cardiology specialty: echo and angiography loops at their true rate, calipers, EF, ECGs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from modules.cardiology.handlers import (
+    EcgHandler,
+    ExportHandler,
+    FrameHandler,
+    FrameStreamHandler,
+    LoopHandler,
+    MeasurementsHandler,
+    MeasurementsSRHandler,
+    StudyIndexHandler,
+    VideoHandler,
+    WaveformHandler,
+)
+from modules.cardiology.loops import (
+    LOOP_CLASSES,
+    WAVEFORM_CLASSES,
+    LoopLibrary,
+    is_cardiac_loop,
+)
+from modules.cardiology.measurements import MeasurementBook
+from server.archive.events import InstanceStored
+from server.context import ServerContext
+from server.modules import RouteSpec, SeriesRecord
+
+log = logging.getLogger(__name__)
+STATIC_DIR = Path(__file__).parent / "static"
+
+# Data, not code: the stress-echo hanging (stages as rows, views as columns) and the echo grid.
+HANGING_PROTOCOLS: tuple[dict[str, Any], ...] = (
+    {
+        "id": "cardiology.hp.stress-echo",
+        "match": {"modality": "US", "has": "StageNumber"},
+        "layout": {"rows": "StageNumber", "columns": "ViewName"},
+        "stages": ["REST", "LOW DOSE", "PEAK", "RECOVERY"],
+        "views": ["PLAX", "PSAX", "A4C", "A2C"],
+        "sync": "cardiac-cycle",
+    },
+    {
+        "id": "cardiology.hp.echo-grid",
+        "match": {"modality": "US", "body_part": ["HEART", ""]},
+        "layout": {"grid": [2, 2]},
+        "sync": "cardiac-cycle",
+    },
+)
+
+
+class CardiologyModule:
+    id = "cardiology"
+    title = "Cardiology"
+    priority = 40
+    static_dir: Path | None = STATIC_DIR
+    hanging_protocols: Sequence[Any] = HANGING_PROTOCOLS
+
+    def __init__(self) -> None:
+        self.library: LoopLibrary | None = None
+        self.book: MeasurementBook | None = None
+        self.video_on_ingest = True
+
+    def setup(self, ctx: ServerContext) -> None:
+        self.library = LoopLibrary(ctx.archive, ctx.headers, ctx.settings.derived_dir)
+        self.book = MeasurementBook(ctx.settings.data_dir / "cardiology" / "measurements")
+        ctx.extras["cardiology.measurements"] = self.book
+        # off for tests and bulk imports that do not want the CPU spent now; videos are then made on request
+        self.video_on_ingest = bool(ctx.settings.extra.get("cardiology_video_on_ingest", True))
+
+    def claims(self, series: SeriesRecord) -> bool:
+        if series.sop_class_uids & WAVEFORM_CLASSES:
+            return True
+        return any(
+            is_cardiac_loop(uid, series.body_part_examined, series.series_description)
+            for uid in series.sop_class_uids & LOOP_CLASSES
+        )
+
+    def routes(self, ctx: ServerContext) -> list[RouteSpec]:
+        if self.library is None or self.library.archive is not ctx.archive:
+            self.setup(ctx)
+        kwargs = {"library": self.library}
+        sop = r"([0-9.]+)"
+        return [
+            RouteSpec(rf"loops/{sop}\.mp4", VideoHandler, kwargs),
+            RouteSpec(rf"loops/{sop}/export\.mp4", ExportHandler, kwargs),
+            RouteSpec(rf"loops/{sop}/frames/([0-9]+)\.jpg", FrameHandler, kwargs),
+            RouteSpec(rf"loops/{sop}/frames", FrameStreamHandler, kwargs),
+            RouteSpec(rf"loops/{sop}/ecg", EcgHandler, kwargs),
+            RouteSpec(rf"loops/{sop}", LoopHandler, kwargs),
+            RouteSpec(rf"waveforms/{sop}", WaveformHandler, kwargs),
+            RouteSpec(rf"studies/{sop}/loops", StudyIndexHandler, kwargs),
+            RouteSpec(rf"studies/{sop}/measurements", MeasurementsHandler, kwargs),
+            RouteSpec(rf"studies/{sop}/measurements/sr", MeasurementsSRHandler, kwargs),
+        ]
+
+    def on_instance_stored(self, event: InstanceStored) -> None:
+        """Queue the MP4 of a new multi-frame cardiac loop; the check and the work run on the video worker."""
+        if not self.video_on_ingest or self.library is None:
+            return
+        if event.sop_class_uid not in LOOP_CLASSES or event.number_of_frames < 2:
+            return
+        library = self.library
+
+        def make_if_cardiac() -> None:
+            _instance, header = library.loop(event.sop_instance_uid)
+            body = str(header.get("BodyPartExamined", ""))
+            if is_cardiac_loop(event.sop_class_uid, body, str(header.get("SeriesDescription", ""))):
+                library.schedule_video(event.sop_instance_uid)
+
+        library.video_worker.submit(make_if_cardiac)
+
+    def viewer_url(self, study_instance_uid: str, series_instance_uid: str) -> str:
+        return f"/cardiology/static/viewer.html?study={study_instance_uid}&series={series_instance_uid}"

@@ -1,0 +1,211 @@
+"""Echo loops: time to first frame, frames/s decoded and served, MP4 creation against the ffmpeg CLI.
+
+    .venv/bin/python -m tests.bench.bench_cardiology [--frames 100 1000] [--browser]
+
+One run generates A4C phantom loops (300 × 400, JPEG baseline, 20 ms per frame, as
+stored by echo machines) of each length, stores them in a fresh archive behind a real
+Tessera server (videos not made on ingest, so nothing competes), and measures:
+
+* time to first frame: loop JSON + the frame stream until frame 1 has fully arrived,
+  over HTTP on a fresh connection (median of 7 opens); with --browser also in headless
+  Chromium, from navigation start to frame 1 drawn on the canvas;
+* frames/s: decoding through server.imaging (what the MP4 job does), and frames/s served
+  by the frame stream (stored JPEG passed through);
+* MP4: Tessera's pipeline (decode the DICOM frames, H.264 veryfast CRF 18, fragmented
+  MP4) as × real time, beside the ffmpeg command line doing the same job on the same
+  JPEG frames (mjpeg demuxer → libx264 veryfast CRF 18 → fragmented MP4), in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from pydicom import dcmread
+
+from modules.cardiology.loops import LoopLibrary
+from sample_data.cardiology import echo_loop
+from sample_data.radiology import Study, write
+from server.imaging.frames import decode_frame, read_frame_bytes
+from server.serve import BackgroundServer
+from tests.bench.measure import print_table
+from tests.conftest import make_settings
+
+FRAME_MS = 20.0
+
+
+def _first_frame_ms(port: int, sop: str) -> tuple[float, float]:
+    """(ms to loop JSON + first frame complete, ms to the whole stream) on a fresh connection."""
+    start = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    connection.request("GET", f"/cardiology/loops/{sop}")
+    connection.getresponse().read()
+    connection.request("GET", f"/cardiology/loops/{sop}/frames")
+    response = connection.getresponse()
+    buffer = b""
+    first = None
+    while True:
+        chunk = response.read1(65536)
+        if not chunk:
+            break
+        buffer += chunk
+        if first is None and b"Content-Length: " in buffer:
+            head, _, rest = buffer.partition(b"\r\n\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            if len(rest) >= length:
+                first = (time.perf_counter() - start) * 1000
+    total = (time.perf_counter() - start) * 1000
+    connection.close()
+    return first or total, total
+
+
+def _ffmpeg_mp4(jpegs: list[bytes], workdir: Path) -> float:
+    """Seconds the ffmpeg CLI takes for the same job on the same JPEG frames."""
+    source = workdir / "frames.mjpeg"
+    source.write_bytes(b"".join(jpegs))
+    target = workdir / "ffmpeg.mp4"
+    command = [
+        "ffmpeg", "-v", "error", "-y", "-f", "mjpeg", "-framerate", str(1000 / FRAME_MS), "-i", str(source),
+        "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-threads", "2",
+        "-x264-params", "scenecut=0:bframes=0", "-movflags", "empty_moov+default_base_moof+frag_keyframe",
+        "-frag_duration", "250000", str(target),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
+
+
+def _browser_first_frame(url: str) -> float | None:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-gpu"],
+        )  # fmt: skip
+        times = []
+        for _ in range(3):
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.goto(url)
+            page.wait_for_function(
+                "() => window.cardiology && window.cardiology.state().firstFrameMs !== null"
+            )
+            times.append(float(page.evaluate("window.cardiology.state().firstFrameMs")))
+            page.close()
+        browser.close()
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument(
+        "--browser", action="store_true", help="also time the first frame in headless Chromium"
+    )
+    args = parser.parse_args()
+    ffmpeg = shutil.which("ffmpeg")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        print(f"generating loops of {args.frames} frames …", flush=True)
+        loops = {}
+        for n in args.frames:
+            study = Study("20250701", "100000", f"BENCH-{n}", f"ECHO BENCH {n}", "1")
+            loops[n] = write(echo_loop("A4C", study=study, n_frames=n, frame_time_ms=FRAME_MS), root / "in")
+        server = BackgroundServer.start(
+            make_settings(root / "data", extra={"cardiology_video_on_ingest": False})
+        )
+        try:
+            for path in loops.values():
+                assert server.ctx.archive.ingest_path(path).ok
+            library = LoopLibrary(server.ctx.archive, server.ctx.headers, root / "derived")
+            ttff_rows, decode_rows, mp4_rows = [], [], []
+            for n, path in loops.items():
+                ds = dcmread(path, stop_before_pixels=True)
+                sop = str(ds.SOPInstanceUID)
+                runs = [_first_frame_ms(server.port, sop) for _ in range(7)]
+                first = statistics.median(r[0] for r in runs)
+                whole = statistics.median(r[1] for r in runs)
+                browser = None
+                if args.browser:
+                    browser = _browser_first_frame(
+                        f"{server.url}/cardiology/static/viewer.html?study={ds.StudyInstanceUID}&series={ds.SeriesInstanceUID}"
+                    )
+                ttff_rows.append(
+                    [
+                        n,
+                        f"{first:.1f}",
+                        f"{browser:.0f}" if browser else "–",
+                        f"{whole:.0f}",
+                        f"{n / whole * 1000:.0f}",
+                    ]
+                )
+
+                instance, header = library.loop(sop)
+                start = time.perf_counter()
+                for i in range(n):
+                    decode_frame(instance, header, i)
+                decoded_fps = n / (time.perf_counter() - start)
+                decode_rows.append([n, f"{decoded_fps:.0f}"])
+
+                real_time_s = n * FRAME_MS / 1000
+                start = time.perf_counter()
+                video = library.make_video(sop)
+                ours = time.perf_counter() - start
+                row = [
+                    n,
+                    f"{real_time_s:.1f}",
+                    f"{ours:.2f}",
+                    f"{real_time_s / ours:.1f}×",
+                    f"{video.stat().st_size / 1024:.0f}",
+                ]
+                if ffmpeg:
+                    jpegs = [read_frame_bytes(instance, i).rstrip(b"\0") for i in range(n)]
+                    theirs = _ffmpeg_mp4(jpegs, root)
+                    row += [f"{theirs:.2f}", f"{real_time_s / theirs:.1f}×", f"{theirs / ours:.2f}"]
+                else:
+                    row += ["ffmpeg not installed", "", ""]
+                mp4_rows.append(row)
+            library.close()
+        finally:
+            server.stop()
+    print_table(
+        "Time to first frame (target < 300 ms)",
+        [
+            "frames",
+            "HTTP: JSON + frame 1 (ms)",
+            "Chromium: frame 1 drawn (ms)",
+            "whole stream (ms)",
+            "frames/s served",
+        ],
+        ttff_rows,
+    )
+    print_table("Decoding (server.imaging.frames, one thread)", ["frames", "frames/s decoded"], decode_rows)
+    print_table(
+        "MP4 creation (target ≥ 10× real time); ffmpeg CLI on the same JPEG frames, same settings",
+        [
+            "frames",
+            "loop (s)",
+            "Tessera (s)",
+            "Tessera × real time",
+            "MP4 (KiB)",
+            "ffmpeg (s)",
+            "ffmpeg × real time",
+            "ffmpeg time / Tessera time",
+        ],
+        mp4_rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
