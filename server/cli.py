@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import zipfile
 from collections import Counter
@@ -69,7 +70,12 @@ def _import_chunk(files: list[Path]) -> list[tuple[str, StoreStatus, str]]:
 
 
 def import_paths(
-    archive: Archive, paths: list[Path], *, quiet: bool = False, jobs: int = 1
+    archive: Archive,
+    paths: list[Path],
+    *,
+    quiet: bool = False,
+    jobs: int = 1,
+    identity: dict[str, str] | None = None,
 ) -> tuple[Counter[StoreStatus], list[tuple[str, str]]]:
     """Import through the one ingest path; returns counts and (file, reason) for each rejection.
 
@@ -98,7 +104,40 @@ def import_paths(
             if not outcome.ok:
                 rejected.append((name, outcome.reason))
             bar.update(1)
+    if any(reason.startswith(NOT_DICOM) for _, reason in rejected):
+        _import_other_formats(archive, counts, rejected, identity or {})
     return counts, rejected
+
+
+NOT_DICOM = "not a DICOM Part 10 file"
+
+
+def _import_other_formats(
+    archive: Archive, counts: Counter[StoreStatus], rejected: list[tuple[str, str]], identity: dict[str, str]
+) -> None:
+    """Files that are not DICOM go to the modules that import other formats (vendor slides...)."""
+    from server.modules import ModuleRegistry
+
+    importers = ModuleRegistry.discover().importers()
+    for position, (name, reason) in enumerate(list(rejected)):
+        path = Path(name)
+        if not reason.startswith(NOT_DICOM) or "!" in name or not path.is_file():
+            continue
+        for importer in importers:
+            try:
+                outcomes = importer.import_file(archive, path, identity or None)
+            except ValueError as exc:
+                rejected[position] = (name, str(exc))
+                break
+            if outcomes is None:
+                continue
+            counts[StoreStatus.REJECTED] -= 1
+            failed = [o for o in outcomes if not o.ok]
+            for outcome in outcomes:
+                counts[outcome.status] += 1
+            rejected[position] = (name, failed[0].reason) if failed else (name, "")
+            break
+    rejected[:] = [(name, reason) for name, reason in rejected if reason]
 
 
 def _import_in_workers(
@@ -134,8 +173,18 @@ def _import_in_workers(
 def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     archive = Archive(settings)
     try:
+        identity = {
+            key: value
+            for key, value in (
+                ("patient_name", args.patient_name),
+                ("patient_id", args.patient_id),
+                ("accession_number", args.accession_number),
+                ("study_description", args.study_description),
+            )
+            if value
+        }
         counts, rejected = import_paths(
-            archive, [Path(p) for p in args.paths], quiet=args.quiet, jobs=args.jobs
+            archive, [Path(p) for p in args.paths], quiet=args.quiet, jobs=args.jobs, identity=identity
         )
     finally:
         archive.close()
@@ -148,9 +197,14 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from server.security.policy import StartupRefused
     from server.serve import serve
 
-    serve(settings)
+    try:
+        serve(settings)
+    except (StartupRefused, ConfigError) as exc:
+        print(f"tessera: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -170,10 +224,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             demo_dir = settings.data_dir / "demo-source"
             print(f"generating demo cases in {demo_dir} ...", file=sys.stderr)
             files = write_demo_archive(demo_dir)
-            counts, rejected = import_paths(archive, files, quiet=args.quiet)
+            counts, rejected = import_paths(archive, files, quiet=args.quiet, jobs=os.cpu_count() or 1)
+            shutil.rmtree(demo_dir, ignore_errors=True)  # the archive holds its own copies
             for name, reason in rejected:
                 print(f"rejected {name}: {reason}", file=sys.stderr)
             print(f"demo archive: {counts[StoreStatus.STORED]} instances stored", file=sys.stderr)
+            if rejected:
+                return 1
     finally:
         archive.close()
     if args.no_serve:
@@ -240,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="import DICOM files, folders (recursively) and zip files")
     imp.add_argument("paths", nargs="+", metavar="PATH")
     imp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    imp.add_argument("--patient-name", help="for non-DICOM files (vendor slides): PatientName, e.g. Doe^Jane")
+    imp.add_argument("--patient-id", help="for non-DICOM files: PatientID")
+    imp.add_argument("--accession-number", help="for non-DICOM files: AccessionNumber (the case)")
+    imp.add_argument("--study-description", help="for non-DICOM files: StudyDescription")
     imp.add_argument(
         "-j", "--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)"
     )
@@ -255,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_commands(sub)
+    from server.modules import ModuleRegistry
+
+    for provider in ModuleRegistry.discover().command_providers():
+        provider.add_commands(sub)
+    from server.security.cli import add_commands as add_security_commands
+
+    add_security_commands(sub)
     # The deployment options go before or after the command; given after, they win.
     _deployment_options(parser, argparse.SUPPRESS)
     for command in sub.choices.values():
@@ -285,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "highdicom", "openjpeg"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:

@@ -36,7 +36,7 @@ pytestmark = [
 @pytest.fixture
 def demo_server(tessera_server_factory: Callable[..., Any], tmp_path: Path) -> Any:
     server = tessera_server_factory()
-    for path in write_demo_archive(tmp_path / "demo"):
+    for path in write_demo_archive(tmp_path / "demo", specialties=False):
         server.ctx.archive.ingest_path(path)
     return server
 

@@ -233,7 +233,7 @@ def test_whole_set_is_small(archive: tuple[Path, list[Path]]) -> None:
 
 
 def test_demo_archive_has_a_patient_with_two_studies(tmp_path: Path) -> None:
-    paths = write_demo_archive(tmp_path)
+    paths = write_demo_archive(tmp_path, specialties=False)
     studies: dict[str, set[str]] = {}
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)

@@ -3,6 +3,7 @@
 // report and lay letter. Marks drawn in the viewer (sessionStorage) can be attached to findings.
 // Every DICOM-derived string reaches the DOM through textContent.
 
+import "/static/js/session.js"; // credentials, XSRF token, login on 401 (see static/js/session.js)
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(window.location.search);
 const study = params.get("study");

@@ -5,6 +5,7 @@
 // slabs come from the slab route and are drawn on a canvas in step with the viewport.
 // Every DICOM-derived string reaches the DOM through textContent.
 
+import "/static/js/session.js"; // credentials, XSRF token, login on 401 (see static/js/session.js)
 import { bindKeys, bindWheelSteps } from "/static/js/keyboard.js";
 import { distanceMm, areaMm2, formatMeasurement, calibrationNote } from "./measure.js";
 

@@ -3,6 +3,7 @@
 // computed by the server (one place for the maths), implant templates drawn at true scale, and a
 // plan saved server-side. DICOM-derived strings reach the DOM only through textContent.
 
+import "/static/js/session.js"; // credentials, XSRF token, login on 401 (see static/js/session.js)
 import { bindKeys } from "/static/js/keyboard.js";
 
 const OSD = window.OpenSeadragon;

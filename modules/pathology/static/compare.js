@@ -1,6 +1,7 @@
 // Two slides side by side (e.g. H&E beside IHC), panned and zoomed together in physical units.
 // The right slide may carry an offset (µm) and a rotation (degrees) relative to the left one;
 // unlock, move one slide into register, lock again, and save the alignment for the pair.
+import "/static/js/session.js"; // credentials, XSRF token, login on 401 (see static/js/session.js)
 import { formatLength, niceScale } from './measure.js';
 
 const OSD = window.OpenSeadragon;

@@ -1,5 +1,6 @@
 // Whole-slide viewer: OpenSeadragon over Tessera's DZI routes, calibrated in µm.
 // Every string that comes from DICOM is inserted with textContent.
+import "/static/js/session.js"; // credentials, XSRF token, login on 401 (see static/js/session.js)
 import { areaSquareMicrometres, formatArea, formatLength, lengthMicrometres, niceScale } from './measure.js';
 
 const OSD = window.OpenSeadragon;
