@@ -209,8 +209,14 @@ def test_batch_ingest_commits_once_and_matches_one_by_one(archive: Archive) -> N
     assert _counts(archive) == (1, 1, 1, 6) and _blob_count(archive) == 6
     # A second batch with known instances (identical, changed, new) falls back to the careful path.
     changed = ct_bytes(SOPInstanceUID=str(ct_series(6)[0].SOPInstanceUID), SeriesDescription="CHANGED")
-    again = archive.ingest_batch(_temps(archive, [payloads[1], changed, ct_bytes(SOPInstanceUID="1.2.3.4.5")]))
-    assert [o.status for o in again] == [StoreStatus.ALREADY_PRESENT, StoreStatus.REJECTED, StoreStatus.STORED]
+    again = archive.ingest_batch(
+        _temps(archive, [payloads[1], changed, ct_bytes(SOPInstanceUID="1.2.3.4.5")])
+    )
+    assert [o.status for o in again] == [
+        StoreStatus.ALREADY_PRESENT,
+        StoreStatus.REJECTED,
+        StoreStatus.STORED,
+    ]
     assert _counts(archive)[3] == 7 and _blob_count(archive) == 7  # the refused blob did not stay
     assert not any(archive.blobs.tmp_dir.iterdir())
     with archive.sessions() as session:

@@ -18,6 +18,10 @@ def test_migrated_schema_matches_the_models(archive: Archive) -> None:
     differences = [
         d
         for d in differences
-        if not (d[0] in ("add_index", "remove_index") and d[1].name.endswith("_pattern") and dialect != "postgresql")
+        if not (
+            d[0] in ("add_index", "remove_index")
+            and d[1].name.endswith("_pattern")
+            and dialect != "postgresql"
+        )
     ]
     assert differences == []

@@ -104,15 +104,29 @@ def test_module_routes_static_claims_and_events_through_the_server(tmp_path: Pat
     try:
         stored = server.ctx.archive.ingest_bytes(ct_bytes())
         assert plugin.seen.wait(5), "the module heard of the new instance"
-        assert plugin.events[0].sop_instance_uid == stored.sop_instance_uid and plugin.events[0].modality == "CT"
+        assert (
+            plugin.events[0].sop_instance_uid == stored.sop_instance_uid and plugin.events[0].modality == "CT"
+        )
         study = requests.get(f"{server.url}/api/studies/{stored.study_instance_uid}", timeout=5).json()
         (series,) = study["series"]
         assert series["module"] == {"id": "cardiactest", "title": "Cardiac test module"}
         assert series["viewer_url"].startswith("/cardiactest/static/viewer.html")
-        assert requests.get(server.url + series["viewer_url"], timeout=5).text.endswith("<title>cardiac</title>")
-        assert requests.get(f"{server.url}/cardiactest/echo/1.2.3", timeout=5).json() == {"module": "cardiac-test", "sop": "1.2.3"}
+        assert requests.get(server.url + series["viewer_url"], timeout=5).text.endswith(
+            "<title>cardiac</title>"
+        )
+        assert requests.get(f"{server.url}/cardiactest/echo/1.2.3", timeout=5).json() == {
+            "module": "cardiac-test",
+            "sop": "1.2.3",
+        }
         modules = requests.get(f"{server.url}/api/modules", timeout=5).json()
-        assert modules == [{"id": "cardiactest", "title": "Cardiac test module", "priority": 10, "static": "/cardiactest/static/"}]
+        assert modules == [
+            {
+                "id": "cardiactest",
+                "title": "Cardiac test module",
+                "priority": 10,
+                "static": "/cardiactest/static/",
+            }
+        ]
     finally:
         server.stop()
 
@@ -123,7 +137,10 @@ def test_unclaimed_series_open_in_the_generic_viewer(tmp_path: Path) -> None:
         stored = server.ctx.archive.ingest_bytes(ct_bytes())
         study = requests.get(f"{server.url}/api/studies/{stored.study_instance_uid}", timeout=5).json()
         assert study["series"][0]["module"] is None
-        assert study["series"][0]["viewer_url"] == f"/viewer/?study={stored.study_instance_uid}&series={stored.series_instance_uid}"
+        assert (
+            study["series"][0]["viewer_url"]
+            == f"/viewer/?study={stored.study_instance_uid}&series={stored.series_instance_uid}"
+        )
         assert study["patient"]["PatientName"] == "Doe^John" and study["NumberOfStudyRelatedInstances"] == 1
     finally:
         server.stop()

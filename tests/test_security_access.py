@@ -173,6 +173,7 @@ def test_route_identity_matrix(tessera_server_factory: Callable[..., BackgroundS
         "bad token": {"Authorization": "Bearer tsk_not-a-real-token"},
         **{role: secure.bearer(role) for role in ROLES},
     }
+
     def call(method: str, path: str, headers: dict[str, str]) -> requests.Response:
         # A new connection each time: tornado closes one after refusing a streamed upload early,
         # and a pooled connection could be reused just as it closes.
