@@ -30,12 +30,11 @@ from server.imaging.calibration import resolve_calibration
 from server.imaging.rendering import Window
 from server.tiles import CachedTile, DeepZoom, SourceUnreadable, TileCache, TileNotFound
 from server.tiles.dicom_image import DicomImageSource, NotAGrayscaleImage, open_dicom_image
-from server.tiles.http import REVALIDATE, finish_cached
+from server.tiles.http import REVALIDATE, finish_cached, send_tile, tile_address
 from server.web.base import BaseHandler, ProblemError
 
 log = logging.getLogger(__name__)
 UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-TILE_NAME = re.compile(r"(\d{1,9})_(\d{1,9})\.jpeg")
 TILE_QUALITY = 92  # mammograms: fine calcifications must survive the JPEG
 
 
@@ -234,32 +233,14 @@ class DziHandler(MammographyHandler):
         finish_cached(self, body, "application/xml; charset=utf-8", CachedTile.of(body, "").etag, REVALIDATE)
 
 
-def _produce_tile(deepzoom: DeepZoom, level: int, column: int, row: int) -> CachedTile:
-    tile = deepzoom.read_tile(level, column, row)
-    return CachedTile.of(tile.data, tile.media_type)
-
-
 class TileHandler(MammographyHandler):
     """``GET images/{sop}/frames/{frame}_files/{level}/{col}_{row}.jpeg?window=``."""
 
     async def get(self, sop: str, frame: str, level: str, name: str) -> None:
-        match = TILE_NAME.fullmatch(name)
-        if not level.isdigit() or len(level) > 3 or match is None:
-            raise ProblemError(400, f"tile address {level}/{name[:40]} is not {{level}}/{{col}}_{{row}}.jpeg")
+        address = tile_address(level, name)
         window = parse_window(self.get_query_argument("window", None))
         source = await self.image(sop, _frame(frame))
-        deepzoom = DeepZoom(source.windowed(window), quality=TILE_QUALITY)
-        address = int(level), int(match[1]), int(match[2])
-        key = (deepzoom.identity, *address)
-        tile = self.cache.get(key)
-        if tile is None:
-            try:
-                deepzoom.plan(*address)
-            except TileNotFound as exc:
-                raise ProblemError(404, str(exc)) from exc
-            tile = await self.run_blocking(_produce_tile, deepzoom, *address)
-            self.cache.put(key, tile)
-        finish_cached(self, tile.data, tile.media_type, tile.etag)
+        await send_tile(self, DeepZoom(source.windowed(window), quality=TILE_QUALITY), address, self.cache)
 
 
 def render_slab(
