@@ -7,6 +7,7 @@ empty value asks for the attribute back), so C-FIND and QIDO-RS match identicall
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from pynetdicom.sop_class import (
 from server.archive.archive import Archive
 from server.archive.query import QueryError, QueryLevel, QueryResult, QuerySpec, run_query
 from server.dimse.access import NOT_AUTHORIZED, DimseOperation, PeerDirectory, remote_ae_title
+from server.dimse.audit import AuditUnavailable, DimseAudit
 from server.dimse.storage import status_dataset
 
 log = logging.getLogger(__name__)
@@ -138,17 +140,29 @@ def response_identifier(result: QueryResult, request: FindRequest, retrieve_ae_t
 class QuerySCP:
     """Answers C-FIND (Patient Root and Study Root) from the archive index."""
 
-    def __init__(self, archive: Archive, access: PeerDirectory, ae_title: str, limit: int) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        access: PeerDirectory,
+        ae_title: str,
+        limit: int,
+        audit: DimseAudit | None = None,
+    ) -> None:
         self.archive = archive
         self.access = access
         self.ae_title = ae_title
         self.limit = limit
+        self.audit = audit
 
     def handle_find(self, event: Event) -> Iterator[tuple[Dataset | int, Dataset | None]]:
         calling_ae = remote_ae_title(event.assoc)
         if not self.access.permits(calling_ae, DimseOperation.FIND):
             log.warning("C-FIND from unknown AE %r refused", calling_ae)
-            yield status_dataset(NOT_AUTHORIZED, self.access.refusal(calling_ae, DimseOperation.FIND)), None
+            reason = self.access.refusal(calling_ae, DimseOperation.FIND)
+            if self.audit is not None:
+                with contextlib.suppress(AuditUnavailable):
+                    self.audit.refused(event, "C-FIND", reason)
+            yield status_dataset(NOT_AUTHORIZED, reason), None
             return
         try:
             request = find_request(event.identifier, str(event.request.AffectedSOPClassUID), self.limit)
@@ -164,6 +178,12 @@ class QuerySCP:
             log.exception("C-FIND from %r failed", calling_ae)
             yield status_dataset(UNABLE_TO_PROCESS, f"cannot decode or run the query: {exc}"), None
             return
+        if self.audit is not None:
+            try:
+                self.audit.queried(event, request.spec.level.name, dict(request.spec.matches), len(results))
+            except AuditUnavailable:
+                yield status_dataset(UNABLE_TO_PROCESS, "the audit trail cannot be written"), None
+                return
         if len(results) >= self.limit:
             log.warning("C-FIND from %r: answer cut at %d matches", calling_ae, self.limit)
         for result in results:

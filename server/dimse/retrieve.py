@@ -7,6 +7,7 @@ it (native ones may be re-encoded between the little-endian syntaxes by pynetdic
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from pynetdicom.sop_class import Verification
 from server.archive.archive import Archive, StoredInstance
 from server.archive.query import QueryError, QueryLevel, QuerySpec, run_query
 from server.dimse.access import NOT_AUTHORIZED, DimseOperation, PeerDirectory, remote_ae_title
+from server.dimse.audit import AuditUnavailable, DimseAudit
 from server.dimse.contexts import storage_contexts_for
 from server.dimse.query import (
     CANCEL,
@@ -34,6 +36,7 @@ from server.dimse.storage import status_dataset
 from server.dimse.transport import handle_connection_open
 
 log = logging.getLogger(__name__)
+OUT_OF_RESOURCES_SUBOPERATIONS = 0xA702  # Refused: out of resources, unable to perform sub-operations
 
 MAX_SUBOPERATIONS = 65535  # Number of ... Sub-operations are US
 UNABLE_TO_PERFORM_SUBOPERATIONS = 0xA702
@@ -104,14 +107,35 @@ def _datasets(instances: list[StoredInstance], event: Event) -> Iterator[tuple[i
 class RetrieveSCP:
     """Answers C-GET (on the same association) and C-MOVE (to a configured peer)."""
 
-    def __init__(self, archive: Archive, access: PeerDirectory) -> None:
+    def __init__(self, archive: Archive, access: PeerDirectory, audit: DimseAudit | None = None) -> None:
         self.archive = archive
         self.access = access
+        self.audit = audit
+
+    def _audit_refusal(self, event: Event, operation: str, reason: str) -> None:
+        if self.audit is not None:
+            with contextlib.suppress(AuditUnavailable):
+                self.audit.refused(event, operation, reason)
+
+    def _audit_transfer(
+        self, event: Event, operation: str, instances: list[StoredInstance], destination: str = ""
+    ) -> bool:
+        """Record what leaves before it leaves; False when the record cannot be written."""
+        if self.audit is None:
+            return True
+        try:
+            self.audit.transferred(
+                event, operation, (i.study_instance_uid for i in instances), len(instances), destination
+            )
+        except AuditUnavailable:
+            return False
+        return True
 
     def handle_get(self, event: Event) -> Iterator[Any]:
         calling_ae = remote_ae_title(event.assoc)
         if not self.access.permits(calling_ae, DimseOperation.GET):
             log.warning("C-GET from unknown AE %r refused", calling_ae)
+            self._audit_refusal(event, "C-GET", self.access.refusal(calling_ae, DimseOperation.GET))
             yield 1  # a failure can only be answered once a count has been given
             yield status_dataset(NOT_AUTHORIZED, self.access.refusal(calling_ae, DimseOperation.GET)), None
             return
@@ -132,6 +156,10 @@ class RetrieveSCP:
             )
             return
         log.info("C-GET from %r: %d instances", calling_ae, len(instances))
+        if not self._audit_transfer(event, "C-GET", instances):
+            yield 1
+            yield status_dataset(OUT_OF_RESOURCES_SUBOPERATIONS, "the audit trail cannot be written"), None
+            return
         yield len(instances)
         yield from _datasets(instances, event)
 
@@ -142,10 +170,12 @@ class RetrieveSCP:
         if not self.access.permits(calling_ae, DimseOperation.MOVE):
             # pynetdicom can only refuse before associating with the destination as 0xA801.
             log.warning("C-MOVE from unknown AE %r refused", calling_ae)
+            self._audit_refusal(event, "C-MOVE", self.access.refusal(calling_ae, DimseOperation.MOVE))
             yield None, None
             return
         if destination is None:
             log.warning("C-MOVE from %r to unknown destination %r refused", calling_ae, destination_ae)
+            self._audit_refusal(event, "C-MOVE", f"unknown move destination {destination_ae!r}")
             yield None, None
             return
         failure: Dataset | None = None
@@ -164,6 +194,8 @@ class RetrieveSCP:
             failure = status_dataset(
                 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"cannot decode the identifier: {exc}"
             )
+        if failure is None and not self._audit_transfer(event, "C-MOVE", instances, destination_ae):
+            failure = status_dataset(OUT_OF_RESOURCES_SUBOPERATIONS, "the audit trail cannot be written")
         if failure is not None:
             # pynetdicom answers failures only after associating with the destination.
             yield destination.host, destination.port, {"contexts": [build_context(Verification)]}

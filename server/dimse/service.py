@@ -15,6 +15,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from server.config import Settings
 from server.context import ServerContext
 from server.dimse.access import PduLimit, PeerDirectory
+from server.dimse.audit import DimseAudit
 from server.dimse.contexts import (
     QUERY_RETRIEVE_SOP_CLASSES,
     STORAGE_SOP_CLASSES,
@@ -74,9 +75,10 @@ def start_dimse(ctx: ServerContext) -> DimseService:
     ae.require_called_aet = True
     add_scp_contexts(ae)
     pdu_limit = PduLimit(settings.dicom_max_pdu)
-    storage = StorageSCP(ctx.archive, peers, pdu_limit)
-    query = QuerySCP(ctx.archive, peers, settings.ae_title, settings.query_max_limit)
-    retrieve = RetrieveSCP(ctx.archive, peers)
+    audit = DimseAudit(ctx)
+    storage = StorageSCP(ctx.archive, peers, pdu_limit, audit)
+    query = QuerySCP(ctx.archive, peers, settings.ae_title, settings.query_max_limit, audit)
+    retrieve = RetrieveSCP(ctx.archive, peers, audit)
     handlers = [
         (evt.EVT_C_STORE, storage.handle_store),
         (evt.EVT_C_FIND, query.handle_find),

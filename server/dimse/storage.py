@@ -7,6 +7,7 @@ answered once ``Archive.ingest_temp`` has made it durable and indexed it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -29,6 +30,7 @@ from server.archive.dicomfile import (
     PROCESSING_FAILURE,
 )
 from server.dimse.access import NOT_AUTHORIZED, DimseOperation, PduLimit, PeerDirectory, remote_ae_title
+from server.dimse.audit import AuditUnavailable, DimseAudit
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +83,26 @@ class StorageSCP:
     """Answers C-STORE requests; ``access`` None means the association was ours (C-GET as SCU)."""
 
     def __init__(
-        self, archive: Archive, access: PeerDirectory | None, pdu_limit: PduLimit | None = None
+        self,
+        archive: Archive,
+        access: PeerDirectory | None,
+        pdu_limit: PduLimit | None = None,
+        audit: DimseAudit | None = None,
     ) -> None:
         self.archive = archive
         self.access = access
         self.pdu_limit = pdu_limit
+        self.audit = audit
 
     def handle_store(self, event: Event) -> Dataset:
         calling_ae = remote_ae_title(event.assoc)
         if self.access is not None and not self.access.permits(calling_ae, DimseOperation.STORE):
             log.warning("C-STORE from unknown AE %r refused", calling_ae)
-            return status_dataset(NOT_AUTHORIZED, self.access.refusal(calling_ae, DimseOperation.STORE))
+            reason = self.access.refusal(calling_ae, DimseOperation.STORE)
+            if self.audit is not None:
+                with contextlib.suppress(AuditUnavailable):
+                    self.audit.refused(event, "C-STORE", reason)
+            return status_dataset(NOT_AUTHORIZED, reason)
         if self.pdu_limit is not None and self.pdu_limit.breached(event.assoc):
             return status_dataset(OUT_OF_RESOURCES, "PDU over the negotiated maximum length")
         try:
@@ -134,6 +145,11 @@ class StorageSCP:
             log.warning("C-STORE from %r: cannot write the temp file: %s", calling_ae, exc)
             return status_dataset(OUT_OF_RESOURCES, f"storage error: {exc.strerror or exc}")
         outcome = self.archive.ingest_temp(temp_path, digest.hexdigest())
+        if self.audit is not None:
+            try:
+                self.audit.stored(event, outcome.study_instance_uid, "", outcome.ok, outcome.reason)
+            except AuditUnavailable:
+                return status_dataset(OUT_OF_RESOURCES, "the audit trail cannot be written")
         if not outcome.ok:
             log.info(
                 "C-STORE from %r rejected %s: 0x%04X %s",
