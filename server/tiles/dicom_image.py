@@ -204,6 +204,7 @@ class PyramidStore:
                     build_pyramid(instance, header, temp)
                     os.rename(temp, final)
                     self.builds += 1
+                    log.info("built pyramid %s", final.name)
                 except BaseException:
                     shutil.rmtree(temp, ignore_errors=True)
                     raise
