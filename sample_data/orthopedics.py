@@ -37,6 +37,8 @@ __all__ = [
     "LONG_LEG",
     "PELVIS",
     "RadiographPhantom",
+    "generic_implant_template",
+    "hemispherical_cup_hpgl",
     "long_leg_dataset",
     "pelvis_dataset",
     "write_orthopedics_demo",
@@ -143,6 +145,12 @@ def _pelvis() -> RadiographPhantom:
     # Right side is 10 mm shorter: its lesser trochanter is 10 mm closer to the teardrop line.
     truth["leg_length_difference_r_minus_l"] = -10.0
     truth["inter_teardrop_mm"] = 104.0
+    # Ischial tuberosities (lowest points), 46 mm below the teardrops: the ischial line is parallel
+    # to the inter-teardrop line (a rigid, untilted pelvis), so LLD is the same against either.
+    landmarks["ischial_tuberosity_r"] = (centre_x - 50.0, teardrop_y + 46.0)
+    landmarks["ischial_tuberosity_l"] = (centre_x + 50.0, teardrop_y + 46.0)
+    truth["lesser_trochanter_below_ischial_r"] = 248.0 - (teardrop_y + 46.0)
+    truth["lesser_trochanter_below_ischial_l"] = 258.0 - (teardrop_y + 46.0)
     return RadiographPhantom(
         name="pelvis",
         rows=1400,
@@ -300,6 +308,10 @@ def _pelvis_pixels() -> np.ndarray:
         film.band(lm[f"head_centre_{side}"], lm[f"shaft_top_{side}"], 26.0, 0.45)  # neck
         lx, ly = lm[f"lesser_trochanter_{side}"]
         film.ellipse((lx, ly - 5.0), 7.0, 5.0, 0.4)
+        ix, iy = lm[f"ischial_tuberosity_{side}"]
+        film.ellipse(
+            (ix, iy - 9.0), 10.0, 9.0, 0.35, ring=0.4
+        )  # ischial tuberosity: lowest point is the landmark
     film.sphere_mm(lm["head_centre_r"], p.truth["head_radius_r"], 0.012)
     film.sphere_mm(lm["head_centre_l"], p.truth["head_radius_l"], 0.5)  # metal head of the left THA
     # Left cup: a metal hemispherical shell opening toward the rim line.
@@ -480,3 +492,105 @@ def write_orthopedics_demo(out_dir: Path) -> list[Path]:
         path.write_bytes(_encoded(name))
         paths.append(path)
     return paths
+
+
+# -- DICOM Generic Implant Template -----------------------------------------------------------
+
+GENERIC_IMPLANT_TEMPLATE_STORAGE = "1.2.840.10008.5.1.4.43.1"
+HPGL_UNITS_PER_MM = 40  # HPGL plots on a 25 µm grid (PS3.3 C.29.1.2.1.1)
+GIT_DRAWING_ORIGIN_MM = (100.0, 100.0)  # printed-page position of the cup's centre (HPGL has no negatives)
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def hemispherical_cup_hpgl(outer_diameter_mm: float, segments: int = 90) -> bytes:
+    """A cup's AP outline as HPGL at 1:1: the dome (semicircle above the centre, y up on paper)
+    closed by the rim line, and the liner's bearing circle (CI) with a second pen."""
+    ox, oy = (v * HPGL_UNITS_PER_MM for v in GIT_DRAWING_ORIGIN_MM)
+    radius = outer_diameter_mm / 2 * HPGL_UNITS_PER_MM
+    dome = [
+        (
+            round(ox + radius * math.cos(math.pi * k / segments)),
+            round(oy + radius * math.sin(math.pi * k / segments)),
+        )
+        for k in range(segments + 1)
+    ]
+    first = dome[0]
+    pen_down = ",".join(f"{x},{y}" for x, y in [*dome[1:], first])
+    inner = round((outer_diameter_mm / 2 - 8.0) * HPGL_UNITS_PER_MM)
+    return f"IN;SP1;PA;PU{first[0]},{first[1]};PD{pen_down};PU;SP2;PU{round(ox)},{round(oy)};CI{inner};PU;SP0;".encode(
+        "ascii"
+    )
+
+
+def generic_implant_template(
+    outer_diameter_mm: float = 52.0,
+    *,
+    manufacturer: str = "Tessera Generic Implants",
+    implant_name: str = "Hemispherical press-fit cup",
+    hpgl: bytes | None = None,
+    scaling: float = 1.0,
+) -> FileDataset:
+    """A Generic Implant Template instance for one cup size: AP drawing in HPGL at 1:1 scale
+    (``scaling`` is HPGL Document Scaling, real mm per printed mm), the centre of rotation as a
+    planning landmark. ``hpgl`` replaces the drawing (tests pass malformed documents)."""
+    size = f"{outer_diameter_mm:g}"
+    sop_uid = derived_uid("orthopedics", "git", manufacturer, implant_name, size)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = GENERIC_IMPLANT_TEMPLATE_STORAGE
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    ds = FileDataset("", Dataset(), file_meta=meta, preamble=b"\0" * 128)
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = GENERIC_IMPLANT_TEMPLATE_STORAGE
+    ds.SOPInstanceUID = sop_uid
+    # The archive files every instance under a patient/study/series; templates get their own.
+    ds.PatientName, ds.PatientID = "Implant^Templates", "TESSERA-GIT"
+    ds.StudyInstanceUID = derived_uid("orthopedics", "git-study", manufacturer)
+    ds.SeriesInstanceUID = derived_uid("orthopedics", "git-series", manufacturer, implant_name)
+    ds.Modality = "OT"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = int(outer_diameter_mm)
+    ds.ContentDate, ds.ContentTime = STUDY_DATE, STUDY_TIME
+    ds.Manufacturer = manufacturer
+    ds.ImplantName = implant_name
+    ds.ImplantSize = size
+    ds.ImplantPartNumber = f"CUP-{size}"
+    ds.ImplantTemplateVersion = "1"
+    ds.ImplantType = "ORIGINAL"
+    ds.EffectiveDateTime = f"{STUDY_DATE}000000"
+    ds.FrameOfReferenceUID = derived_uid("orthopedics", "git-frame", sop_uid)
+    ds.ImplantTargetAnatomySequence = [Dataset()]
+    ds.ImplantTargetAnatomySequence[0].AnatomicRegionSequence = [_code("T-15710", "SRT", "Hip joint")]
+    ds.ImplantTypeCodeSequence = [_code("ACETABULAR-CUP", "99TESSERA", "Acetabular cup")]
+    document = Dataset()
+    document.HPGLDocumentID = 1
+    document.HPGLDocumentLabel = "AP"
+    document.ViewOrientationCodeSequence = [_code("R-10206", "SRT", "frontal")]
+    document.HPGLDocumentScaling = scaling
+    raw = hpgl if hpgl is not None else hemispherical_cup_hpgl(outer_diameter_mm)
+    document.HPGLDocument = raw + b"\0" * (len(raw) % 2)  # OB: even length
+    document.HPGLContourPenNumber = 1
+    pens = []
+    for number, label in ((1, "shell"), (2, "bearing")):
+        pen = Dataset()
+        pen.HPGLPenNumber, pen.HPGLPenLabel = number, label
+        pens.append(pen)
+    document.HPGLPenSequence = pens
+    ds.HPGLDocumentSequence = [document]
+    landmark = Dataset()
+    landmark.PlanningLandmarkID = 1
+    landmark.PlanningLandmarkDescription = "centre of rotation"
+    landmark.PlanningLandmarkIdentificationCodeSequence = []
+    point = Dataset()
+    point.ReferencedHPGLDocumentID = 1
+    point.TwoDPointCoordinates = list(GIT_DRAWING_ORIGIN_MM)  # printed-page mm
+    landmark.TwoDPointCoordinatesSequence = [point]
+    ds.PlanningLandmarkPointSequence = [landmark]
+    return ds

@@ -213,3 +213,71 @@ def test_long_leg_alignment_and_an_uncalibrated_image(tessera_server: Any, tmp_p
         finally:
             browser.close()
     assert not errors, errors
+
+
+def test_ischial_lld_and_dicom_implant_templates(tessera_server: Any, tmp_path: Path) -> None:
+    """The LLD tool measured against the ischial line (chosen beside it), and a DICOM Generic
+    Implant Template from the archive listed under its source and placed at true scale; a
+    malformed one is named, not fatal."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from sample_data.orthopedics import generic_implant_template
+
+    path = write_orthopedics_demo(tmp_path / "files")[0]
+    archive = tessera_server.ctx.archive
+    assert archive.ingest_path(path).ok
+    malformed = generic_implant_template(54.0, hpgl=b"IN;SP1;PU0,0;PD10,10,20;")
+    for i, ds in enumerate((generic_implant_template(50.0), generic_implant_template(52.0), malformed)):
+        git_path = tmp_path / f"git{i}.dcm"
+        ds.save_as(git_path, enforce_file_format=True)
+        assert archive.ingest_path(git_path).ok
+    sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 950})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            page.goto(f"{tessera_server.url}/orthopedics/static/viewer.html?sop={sop}")
+            expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=20000)
+            expect(page.locator("button[data-tool=leg-length-ischial]")).to_have_count(0)  # one LLD tool
+
+            page.select_option("#lld-reference", "leg-length-ischial")
+            page.click("button[data-tool=leg-length]")
+            expect(page.locator("#prompt")).to_contain_text("ischial tuberosity")
+            for name in (
+                "ischial_tuberosity_r",
+                "ischial_tuberosity_l",
+                "lesser_trochanter_r",
+                "lesser_trochanter_l",
+            ):
+                page.mouse.click(*_screen(page, PELVIS.px(name), PELVIS.columns))
+            item = page.locator("#measurements li").first
+            expect(item).to_contain_text("LLD (ischial)")
+            expect(item).to_contain_text("vs ischial line")
+            difference = float(re.search(r"difference right minus left (-?[\d.]+) mm", item.inner_text())[1])  # type: ignore[index]
+            assert abs(difference - PELVIS.truth["leg_length_difference_r_minus_l"]) < 1.0
+
+            group = page.locator("#template optgroup[label='DICOM GIT (archive)']")
+            expect(group.locator("option")).to_have_count(1)
+            expect(group.locator("option")).to_contain_text(
+                "Hemispherical press-fit cup (Tessera Generic Implants) · DICOM GIT"
+            )
+            expect(page.locator("#template-problems li")).to_contain_text(malformed.SOPInstanceUID)
+            page.select_option("#template", group.locator("option").get_attribute("value"))
+            page.select_option("#template-size", "52")
+            page.click("button[data-tool=place]")
+            page.mouse.click(*_screen(page, PELVIS.px("head_centre_r"), PELVIS.columns))
+            template = page.locator("g.ortho-template").first
+            expect(template).to_have_count(1)
+            page.fill("#rotation", "0")  # cups are placed at 40°: upright, the shell spans its diameter
+            page.press("#rotation", "Enter")
+            width = template.locator("polygon").first.evaluate("e => e.getBBox().width")
+            calibration = _get(f"{tessera_server.url}/orthopedics/images/{sop}/calibration")
+            assert abs(width - 52.0 / calibration["mm_per_pixel"]["column"]) < 1.0
+            expect(page.locator("body")).to_have_attribute("data-tiles", "loaded", timeout=20000)
+            page.screenshot(path=str(ARTIFACTS / "orthopedics-ischial-git.png"))
+        finally:
+            browser.close()
+    assert not errors, errors

@@ -9,7 +9,6 @@ documents naming the problem.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,14 +29,13 @@ from server.context import ServerContext
 from server.dicomweb.rendered import parse_window
 from server.imaging.calibration import CalibrationError
 from server.imaging.frames import FrameDecodeError
-from server.tiles import CachedTile, TileCache, TileNotFound
+from server.tiles import CachedTile, TileCache
 from server.tiles.dicom_image import DicomImageSource, NotAGrayscaleImage
-from server.tiles.http import REVALIDATE, finish_cached
+from server.tiles.http import REVALIDATE, finish_cached, send_tile, tile_address
 from server.web.base import BaseHandler, ProblemError
 
 T = TypeVar("T")
 MAX_BODY_BYTES = 2 * 1024**2
-TILE_NAME = re.compile(r"(\d{1,9})_(\d{1,9})\.jpeg")
 
 
 class OrthopedicsHandler(BaseHandler):
@@ -120,31 +118,14 @@ class DziHandler(DeepZoomHandler):
         finish_cached(self, body, "application/xml; charset=utf-8", CachedTile.of(body, "").etag, REVALIDATE)
 
 
-def _produce_tile(deepzoom: Any, level: int, column: int, row: int) -> CachedTile:
-    tile = deepzoom.read_tile(level, column, row)
-    return CachedTile.of(tile.data, tile.media_type)
-
-
 class TileHandler(DeepZoomHandler):
     """A warm tile is answered from the shared tile cache without leaving the event loop."""
 
     async def get(self, sop: str, level: str, name: str) -> None:
-        match = TILE_NAME.fullmatch(name)
-        if len(level) > 3 or match is None:
-            raise ProblemError(400, f"tile address {level}/{name[:40]} is not {{level}}/{{col}}_{{row}}.jpeg")
+        address = tile_address(level, name)
         window = parse_window(self.get_query_argument("window", None))
         deepzoom = self.service.deep_zoom(await self.source(sop), window)
-        address = int(level), int(match[1]), int(match[2])
-        key = (deepzoom.identity, *address)
-        tile = self.cache.get(key)
-        if tile is None:
-            try:
-                deepzoom.plan(*address)
-            except TileNotFound as exc:
-                raise ProblemError(404, str(exc)) from exc
-            tile = await self.run_blocking(_produce_tile, deepzoom, *address)
-            self.cache.put(key, tile)
-        finish_cached(self, tile.data, tile.media_type, tile.etag)
+        await send_tile(self, deepzoom, address, self.cache)
 
 
 class SeriesImagesHandler(OrthopedicsHandler):
@@ -222,12 +203,18 @@ class PlanReportHandler(OrthopedicsHandler):
 
 class TemplatesHandler(OrthopedicsHandler):
     async def get(self) -> None:
+        """The template files and the archive's DICOM implant templates; ones that could not be
+        imported are named in ``problems`` instead of hiding the rest."""
+        await self.call(self.service.sync_dicom_templates)
         library = self.service.library
-        self.write_json({"templates": [t.summary() for t in library.templates.values()]})
+        self.write_json(
+            {"templates": [t.summary() for t in library.templates.values()], "problems": library.problems}
+        )
 
 
 class TemplateHandler(OrthopedicsHandler):
     async def get(self, template_id: str) -> None:
+        await self.call(self.service.sync_dicom_templates)
         try:
             template = self.service.library.get(template_id)
         except TemplateError as exc:

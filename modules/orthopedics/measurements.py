@@ -234,11 +234,16 @@ def femoral_offset(plane: Plane, pts: Sequence[Point], side: str | None) -> Meas
     )
 
 
-def leg_length(plane: Plane, pts: Sequence[Point], side: str | None) -> MeasurementResult:
-    """Leg-length discrepancy: how far each landmark (lesser trochanter) lies below the reference
-    (inter-teardrop or ischial) line; positive difference = the right leg is longer.
+LLD_REFERENCES = {"leg-length": "inter-teardrop line", "leg-length-ischial": "ischial line"}
 
-    Points: reference line (two points, any order), right landmark, left landmark.
+
+def _leg_length(kind: str, plane: Plane, pts: Sequence[Point]) -> MeasurementResult:
+    """Leg-length discrepancy: how far each landmark (lesser trochanter) lies below a pelvic
+    reference line; positive difference = the right leg is longer.
+
+    Points: reference line (two points, any order), right landmark, left landmark. The result
+    names its reference: the two lines are not interchangeable when the pelvis is asymmetric or
+    tilted, and a number without its reference cannot be compared with a later film.
     """
     ref_a, ref_b, right, left = (plane.at(p) for p in pts)
     if ref_a[0] > ref_b[0]:
@@ -247,15 +252,29 @@ def leg_length(plane: Plane, pts: Sequence[Point], side: str | None) -> Measurem
     below_l = _signed_distance(left, ref_a, ref_b)
     difference = below_r - below_l
     label = "equal" if abs(difference) < 0.5 else ("right longer" if difference > 0 else "left longer")
+    labels = {"leg_length": label}
+    if kind != "leg-length":  # the teardrop line is the default; only the alternative says so
+        labels["reference"] = f"vs {LLD_REFERENCES[kind]}"
     return MeasurementResult(
-        "leg-length",
+        kind,
         (
             Quantity("right_below_reference", below_r, plane.unit),
             Quantity("left_below_reference", below_l, plane.unit),
             Quantity("difference_right_minus_left", difference, plane.unit),
         ),
-        {"leg_length": label},
+        labels,
     )
+
+
+def leg_length(plane: Plane, pts: Sequence[Point], side: str | None) -> MeasurementResult:
+    """LLD against the inter-teardrop line (lowest points of the two teardrops)."""
+    return _leg_length("leg-length", plane, pts)
+
+
+def leg_length_ischial(plane: Plane, pts: Sequence[Point], side: str | None) -> MeasurementResult:
+    """LLD against the ischial line (lowest points of the two ischial tuberosities): the usual
+    alternative when the teardrops are hidden (by a cup, or on a rotated film)."""
+    return _leg_length("leg-length-ischial", plane, pts)
 
 
 def hka(plane: Plane, pts: Sequence[Point], side: str | None) -> MeasurementResult:
@@ -327,6 +346,11 @@ MEASUREMENTS: dict[str, tuple[int, Measure, tuple[str, ...]]] = {
         leg_length,
         ("teardrop", "teardrop", "right lesser trochanter", "left lesser trochanter"),
     ),
+    "leg-length-ischial": (
+        4,
+        leg_length_ischial,
+        ("ischial tuberosity", "ischial tuberosity", "right lesser trochanter", "left lesser trochanter"),
+    ),
     "hka": (3, hka, ("hip centre", "knee centre", "ankle centre")),
     "mldfa": (4, mldfa, ("hip centre", "knee centre", "condyle", "condyle")),
     "mpta": (4, mpta, ("knee centre", "ankle centre", "plateau", "plateau")),
@@ -397,6 +421,7 @@ def reconstruction_change(
 
 
 __all__ = [
+    "LLD_REFERENCES",
     "MEASUREMENTS",
     "MeasurementError",
     "MeasurementResult",

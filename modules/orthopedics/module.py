@@ -22,6 +22,7 @@ from modules.orthopedics.handlers import (
     TemplatesHandler,
     TileHandler,
 )
+from modules.orthopedics.implant_git import GENERIC_IMPLANT_TEMPLATE
 from modules.orthopedics.service import OrthopedicsService
 from modules.orthopedics.templates import TEMPLATE_DIR, TemplateLibrary
 from server.archive.events import InstanceStored
@@ -97,6 +98,8 @@ class OrthopedicsModule:
         extra = ctx.settings.extra.get("orthopedics_template_dir")
         folders = (*self.template_folders, Path(extra)) if extra else self.template_folders
         self.service = OrthopedicsService(ctx, TemplateLibrary(folders))
+        # Plans may name imported templates: they must resolve before the first request.
+        self.service.sync_dicom_templates()
 
     def claims(self, series: SeriesRecord) -> bool:
         body_part = series.body_part_examined.upper()
@@ -132,9 +135,14 @@ class OrthopedicsModule:
 
     def on_instance_stored(self, event: InstanceStored) -> None:
         """A radiograph stored (again): forget what was decoded. Nothing is precomputed: the
-        calibration reads the header, detection runs on request, the pyramid on first view."""
-        if self.service is not None and event.sop_class_uid in RADIOGRAPH_CLASSES | SECONDARY_CAPTURE_CLASSES:
+        calibration reads the header, detection runs on request, the pyramid on first view.
+        A Generic Implant Template stored: import it into the template library."""
+        if self.service is None:
+            return
+        if event.sop_class_uid in RADIOGRAPH_CLASSES | SECONDARY_CAPTURE_CLASSES:
             self.service.forget(event.sop_instance_uid)
+        elif event.sop_class_uid == GENERIC_IMPLANT_TEMPLATE:
+            self.service.sync_dicom_templates()
 
     def viewer_url(self, study_instance_uid: str, series_instance_uid: str) -> str:
         return f"/orthopedics/static/viewer.html?study={study_instance_uid}&series={series_instance_uid}"

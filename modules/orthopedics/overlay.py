@@ -33,6 +33,7 @@ SEGMENTS: dict[str, list[tuple[int, int]]] = {
     "cup-inclination": [(0, 1), (2, 3)],
     "femoral-offset": [(1, 2)],
     "leg-length": [(0, 1)],
+    "leg-length-ischial": [(0, 1)],
     "hka": [(0, 1), (1, 2), (0, 2)],
     "mldfa": [(0, 1), (2, 3)],
     "mpta": [(0, 1), (2, 3)],
@@ -142,7 +143,7 @@ def burn_in(
                 width,
                 dashed=True,
             )
-        if m["kind"] == "leg-length" and len(points) == 4:
+        if m["kind"] in ("leg-length", "leg-length-ischial") and len(points) == 4:
             for p in points[2:]:
                 _line(
                     draw, p, _perpendicular_foot(p, points[0], points[1]), MEASURE_COLOUR, width, dashed=True

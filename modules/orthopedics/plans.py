@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from modules.orthopedics.measurements import (
+    LLD_REFERENCES,
     MeasurementError,
     Plane,
     Quantity,
@@ -259,14 +260,16 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def _reference_line(plan: Plan) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """The pelvic reference line a plan defines: the leg-length or cup-inclination teardrop points."""
-    for m in plan.measurements:
-        if m.kind == "leg-length":
-            return m.points[0], m.points[1]
+def _reference_line(plan: Plan) -> tuple[tuple[float, float], tuple[float, float], str] | None:
+    """The pelvic reference line a plan defines, and its name: the leg-length teardrop points,
+    else the leg-length ischial points, else the cup-inclination teardrop points."""
+    for kind in ("leg-length", "leg-length-ischial"):
+        for m in plan.measurements:
+            if m.kind == kind:
+                return m.points[0], m.points[1], LLD_REFERENCES[kind]
     for m in plan.measurements:
         if m.kind == "cup-inclination":
-            return m.points[2], m.points[3]
+            return m.points[2], m.points[3], LLD_REFERENCES["leg-length"]
     return None
 
 
@@ -326,14 +329,12 @@ def evaluate_plan(
         for stem_side, head in stems:
             if stem_side != side:
                 continue
-            a, b = reference or ((0.0, cup[1]), (1.0, cup[1]))
+            a, b, name = reference or ((0.0, cup[1]), (1.0, cup[1]), "image horizontal (no reference line)")
             change = reconstruction_change(cup, head, a, b, plane, side)
             reconstruction.append(
                 {
                     "side": side,
-                    "reference": "inter-teardrop line"
-                    if reference
-                    else "image horizontal (no reference line)",
+                    "reference": name,
                     **{k: q.to_json() for k, q in change.items()},
                 }
             )

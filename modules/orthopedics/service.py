@@ -14,14 +14,21 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
+from sqlalchemy import select
 
 from modules.orthopedics import export
+from modules.orthopedics.implant_git import (
+    GENERIC_IMPLANT_TEMPLATE,
+    read_template_file,
+    templates_from_datasets,
+)
 from modules.orthopedics.marker import MarkerProposal, find_marker
 from modules.orthopedics.measurements import Plane, measure, parse_points
 from modules.orthopedics.overlay import burn_in
 from modules.orthopedics.plans import ImageRecord, Plan, PlanStore, evaluate_plan, now_iso, parse_plan
 from modules.orthopedics.templates import TemplateLibrary
 from server.archive.archive import StoredInstance
+from server.archive.models import Instance
 from server.context import ServerContext
 from server.imaging.calibration import (
     DEFAULT_MARKER_DIAMETER_MM,
@@ -78,6 +85,33 @@ class OrthopedicsService:
         self._pixels: OrderedDict[str, np.ndarray] = OrderedDict()
         self._pixels_lock = threading.Lock()
         self._sources: OrderedDict[str, DicomImageSource] = OrderedDict()
+        self._imported_from: frozenset[tuple[str, str]] | None = None
+        self._import_lock = threading.Lock()
+
+    # -- templates from the archive ----------------------------------------------------------
+
+    def sync_dicom_templates(self) -> None:
+        """Import the archive's Generic Implant Template instances into the library.
+
+        Cheap when nothing changed (one indexed query on the SOP class); otherwise every GIT
+        instance is read again and the imported set replaced, so the library always equals
+        what the archive holds. Called on start, when one is stored, and before listing."""
+        with self.ctx.archive.sessions() as session:
+            rows = session.execute(
+                select(Instance.sop_instance_uid, Instance.blob_sha256).where(
+                    Instance.sop_class_uid == GENERIC_IMPLANT_TEMPLATE
+                )
+            ).all()
+        stored = frozenset((uid, digest) for uid, digest in rows)
+        with self._import_lock:
+            if stored == self._imported_from:
+                return
+            blobs = self.ctx.archive.blobs
+            result = templates_from_datasets(
+                (uid, read_template_file(blobs.path_for(digest))) for uid, digest in sorted(stored)
+            )
+            self.library.set_imported(result.templates, result.problems)
+            self._imported_from = stored
 
     # -- images ------------------------------------------------------------------------------
 

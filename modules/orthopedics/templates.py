@@ -97,7 +97,13 @@ class ImplantTemplate:
             "type": self.type,
             "fixation": self.fixation,
             "sizes": [s.size for s in self.sizes],
+            "source": self.source,
         }
+
+    @property
+    def source(self) -> str:
+        """Where the design came from: ``JSON`` (template files) or ``DICOM GIT`` (the archive)."""
+        return str(self.document.get("source", "JSON"))
 
 
 def _point(raw: Any, where: str) -> Point:
@@ -188,16 +194,36 @@ def parse_template(document: dict[str, Any], origin: str = "template") -> Implan
 
 
 class TemplateLibrary:
-    """Every template found in the given folders; a duplicate id is an error, not an override."""
+    """Every template found in the given folders; a duplicate id is an error, not an override.
+
+    Templates imported from DICOM Generic Implant Template objects live beside the files and
+    are replaced as a whole on each import (``set_imported``), so a template removed from the
+    archive disappears and a bad one never hides the others (it is listed in ``problems``)."""
 
     def __init__(self, folders: Iterable[Path] = (TEMPLATE_DIR,)) -> None:
         self.templates: dict[str, ImplantTemplate] = {}
+        self.problems: list[dict[str, str]] = []
+        self._files: dict[str, ImplantTemplate] = {}
         for folder in folders:
             for path in sorted(Path(folder).glob("*.json")):
                 template = parse_template(json.loads(path.read_text(encoding="utf-8")), path.name)
                 if template.id in self.templates:
                     raise TemplateError(f"{path.name}: template id {template.id!r} is declared twice")
                 self.templates[template.id] = template
+        self._files = dict(self.templates)
+
+    def set_imported(self, imported: Iterable[ImplantTemplate], problems: Iterable[dict[str, str]]) -> None:
+        """Replace the imported templates; an id already used by a template file is a problem."""
+        merged = dict(self._files)
+        found = list(problems)
+        for template in imported:
+            if template.id in merged:
+                found.append(
+                    {"template_id": template.id, "message": f"template id {template.id!r} is declared twice"}
+                )
+                continue
+            merged[template.id] = template
+        self.templates, self.problems = merged, found  # swapped whole: readers never see a half-built dict
 
     def get(self, template_id: str) -> ImplantTemplate:
         template = self.templates.get(template_id)

@@ -15,8 +15,10 @@ const API = "/orthopedics";
 const TOOL_LABELS = {
   length: "Length", angle: "Angle", "line-angle": "Lines ∠", cobb: "Cobb", circle: "Circle",
   perpendicular: "⊥ dist", parallel: "∥ line", "cup-inclination": "Cup incl.", "femoral-offset": "Offset",
-  "leg-length": "LLD", hka: "HKA", mldfa: "mLDFA", mpta: "MPTA",
+  "leg-length": "LLD", "leg-length-ischial": "LLD (ischial)", hka: "HKA", mldfa: "mLDFA", mpta: "MPTA",
 };
+/** The LLD tool's kinds, one per reference line; one LLD button, the reference chosen beside it. */
+const LLD_KINDS = ["leg-length", "leg-length-ischial"];
 
 const state = {
   study: params.get("study"),
@@ -502,7 +504,8 @@ function setTool(tool) {
   state.tool = tool;
   state.draft = [];
   for (const button of document.querySelectorAll("[data-tool]")) {
-    button.classList.toggle("active", button.dataset.tool === tool);
+    const lld = button.dataset.tool === "leg-length" && LLD_KINDS.includes(tool);
+    button.classList.toggle("active", button.dataset.tool === tool || lld);
   }
   $("stage").dataset.tool = tool;
   setPromptForTool();
@@ -837,6 +840,40 @@ function bindControls() {
   });
 }
 
+/** The template choice, grouped by where each design came from (template files, or DICOM Generic
+ * Implant Templates imported from the archive), and the archive templates that could not be read. */
+function fillTemplateChoices(listing) {
+  const select = $("template");
+  const groups = new Map();
+  for (const t of listing.templates) {
+    const source = t.source || "JSON";
+    if (!groups.has(source)) {
+      const group = document.createElement("optgroup");
+      group.label = source === "DICOM GIT" ? "DICOM GIT (archive)" : "Template library";
+      groups.set(source, group);
+      select.appendChild(group);
+    }
+    const option = document.createElement("option");
+    option.value = t.id;
+    option.dataset.source = source;
+    option.textContent = source === "DICOM GIT" ? `${t.name} (${t.manufacturer}) · DICOM GIT` : `${t.name} (${t.manufacturer})`;
+    groups.get(source).appendChild(option);
+  }
+  const problems = $("template-problems");
+  problems.replaceChildren();
+  for (const p of listing.problems || []) {
+    const item = document.createElement("li");
+    item.textContent = `Template not imported (${p.sop_instance_uid || p.template_id}): ${p.message}`;
+    problems.appendChild(item);
+  }
+}
+
+/** The LLD measurement kind for the reference line chosen in the toolbar (only kinds the server offers). */
+function lldKind() {
+  const chosen = $("lld-reference").value;
+  return state.kinds && state.kinds[chosen] ? chosen : "leg-length";
+}
+
 async function start() {
   bindControls();
   bindStage();
@@ -862,21 +899,25 @@ async function start() {
     overlay.setAttribute("height", String(info.rows));
     const tools = $("tools");
     for (const kind of Object.keys(kinds)) {
+      if (LLD_KINDS.includes(kind) && kind !== "leg-length") continue; // reached through the LLD button
       const button = document.createElement("button");
       button.type = "button";
       button.dataset.tool = kind;
       button.textContent = TOOL_LABELS[kind] || kind;
       button.title = `${kind}: ${kinds[kind].points.join(", ")}`;
-      button.addEventListener("click", () => setTool(state.tool === kind ? "pan" : kind));
+      if (kind === "leg-length") {
+        button.title = "Leg-length discrepancy against the reference line chosen under “LLD reference”";
+        button.addEventListener("click", () => setTool(LLD_KINDS.includes(state.tool) ? "pan" : lldKind()));
+      } else {
+        button.addEventListener("click", () => setTool(state.tool === kind ? "pan" : kind));
+      }
       tools.appendChild(button);
     }
-    const select = $("template");
-    for (const t of templates.templates) {
-      const option = document.createElement("option");
-      option.value = t.id;
-      option.textContent = `${t.name} (${t.manufacturer})`;
-      select.appendChild(option);
-    }
+    // Changing the reference while drawing an LLD starts it again on the new line's landmarks.
+    $("lld-reference").addEventListener("change", () => {
+      if (LLD_KINDS.includes(state.tool)) setTool(lldKind());
+    });
+    fillTemplateChoices(templates);
     await fillTemplateSizes();
     $("report").href = `${API}/images/${encodeURIComponent(state.sop)}/plan/report.pdf`;
     renderCalibration();
