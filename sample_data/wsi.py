@@ -13,6 +13,7 @@ the TIFF, so Tessera (DICOM) and openslide (TIFF) serve the very same stored til
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import io
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 from pydicom.uid import UID
 
 from modules.pathology.dicom_writer import SlideIdentity, write_wsi_instance, wsi_dataset
@@ -397,6 +398,145 @@ def generate(spec: SlideSpec, out: Path, progress: bool = False) -> GeneratedSli
     return GeneratedSlide(spec, dicom, tiff, level_tiles)
 
 
+# ---------------------------------------------------------------------------
+# A z-stack with two optical paths (small: every tile is kept in memory)
+
+
+@dataclass
+class GeneratedStack:
+    spec: SlideSpec
+    dicom_files: list[Path]  # one instance per pyramid level, every path and plane in it
+    optical_paths: list[str]  # OpticalPathIdentifier, in OpticalPathSequence order
+    focal_planes: int
+    # level → (path index, plane) → encoded tiles, row-major: what the instances store
+    tiles: list[dict[tuple[int, int], list[bytes]]]
+
+
+STACK_PATHS = (("1", "Brightfield"), ("2", "Brightfield, DAB channel"))
+STACK_PLANE_SPACING_UM = 2.0
+
+
+def _stack_plane(image: Image.Image, plane: int, planes: int, path: int) -> Image.Image:
+    """One focal plane of one path: the middle plane is in focus, the others blur with distance.
+
+    Planes above the focus are also paler, and the second path recolours the section (a
+    stand-in for another stain or filter), so each (path, plane) has visibly different
+    pixels and a mixed-up frame shows in tests.
+    """
+    blur = 2.5 * abs(plane - (planes - 1) / 2)
+    out = image.filter(ImageFilter.GaussianBlur(blur)) if blur else image.copy()
+    if plane > (planes - 1) / 2:  # above the focus the section also looks paler: no two planes alike
+        out = ImageEnhance.Brightness(out).enhance(1.1)
+    if path:
+        r, g, b = out.split()
+        out = Image.merge("RGB", (b, r, g))
+    return out
+
+
+def write_stack(
+    spec: SlideSpec, out: Path, focal_planes: int = 3, layout: str = "full", focus_map_um: float = 0.0
+) -> GeneratedStack:
+    """A multi-focal-plane, two-optical-path slide: one instance per level holding every view.
+
+    ``layout="full"``: TILED_FULL, frames tile by tile, then focal plane, then optical path
+    (TotalPixelMatrixFocalPlanes, NumberOfOpticalPaths); ``"sparse"``: TILED_SPARSE, each
+    frame naming its position, Z offset (Plane Position (Slide)) and optical path (per-frame
+    Optical Path Identification), in a shuffled order; ``focus_map_um`` (sparse) adds a
+    different Z error of up to that much to every tile, as a scanner's focus map does.
+    Keep sizes small.
+    """
+    if layout not in ("full", "sparse"):
+        raise ValueError(f"layout {layout!r} is not 'full' or 'sparse'")
+    from pydicom.dataset import Dataset
+
+    identity = replace(spec.identity(), series_description=f"{spec.specimen} {spec.stain} z-stack")
+    painter = TissuePainter(spec)
+    base = Image.fromarray(painter.band(0, spec.height), "RGB")
+    t = spec.tile_size
+    views = [(p, z) for p in range(len(STACK_PATHS)) for z in range(focal_planes)]
+    level_images = {view: _stack_plane(base, view[1], focal_planes, view[0]) for view in views}
+    paths: list[Path] = []
+    all_tiles: list[dict[tuple[int, int], list[bytes]]] = []
+    for index, size in enumerate(spec.level_sizes()):
+        if index:
+            level_images = {
+                v: im.resize(size, Image.Resampling.BOX, reducing_gap=None) for v, im in level_images.items()
+            }
+        columns, rows = -(-size[0] // t), -(-size[1] // t)
+        tiles: dict[tuple[int, int], list[bytes]] = {}
+        for view, image in level_images.items():
+            padded = Image.new("RGB", (columns * t, rows * t), tuple(int(c) for c in BACKGROUND))
+            padded.paste(image)
+            pixels = np.asarray(padded)
+            tiles[view] = [
+                _encode_jpeg(
+                    np.ascontiguousarray(pixels[r * t : (r + 1) * t, c * t : (c + 1) * t]), spec.quality
+                )
+                for r in range(rows)
+                for c in range(columns)
+            ]
+        all_tiles.append(tiles)
+        kind = [
+            "ORIGINAL" if index == 0 else "DERIVED",
+            "PRIMARY",
+            "VOLUME",
+            "NONE" if index == 0 else "RESAMPLED",
+        ]
+        count = columns * rows * len(views)
+        ds = wsi_dataset(identity, index + 1, kind, size, (t, t), count, spec.mpp * 2**index)
+        ds.TotalPixelMatrixFocalPlanes = focal_planes
+        ds.NumberOfOpticalPaths = len(STACK_PATHS)
+        ds.ImagedVolumeDepth = focal_planes * STACK_PLANE_SPACING_UM / 1000
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        if "PixelMeasuresSequence" in shared:
+            shared.PixelMeasuresSequence[0].SpacingBetweenSlices = STACK_PLANE_SPACING_UM / 1000
+        del shared.OpticalPathIdentificationSequence  # several paths: said per frame (or by frame order)
+        template = ds.OpticalPathSequence[0]
+        sequence = []
+        for identifier, description in STACK_PATHS:
+            item = copy.deepcopy(template)
+            item.OpticalPathIdentifier = identifier
+            item.OpticalPathDescription = description
+            sequence.append(item)
+        ds.OpticalPathSequence = sequence
+        # TILED_FULL order: tiles row-major, then planes, then paths
+        order = [(v, i) for v in views for i in range(columns * rows)]
+        if layout == "sparse":
+            import random
+
+            random.Random(index).shuffle(order)
+            ds.DimensionOrganizationType = "TILED_SPARSE"
+            per_frame = []
+            for (path_index, plane), i in order:
+                position = Dataset()
+                position.ColumnPositionInTotalImagePixelMatrix = (i % columns) * t + 1
+                position.RowPositionInTotalImagePixelMatrix = (i // columns) * t + 1
+                position.XOffsetInSlideCoordinateSystem = 20.0
+                position.YOffsetInSlideCoordinateSystem = 40.0
+                focus = focus_map_um * (((i * 7919) % 101) / 100 - 0.5)  # deterministic, per tile
+                position.ZOffsetInSlideCoordinateSystem = round(plane * STACK_PLANE_SPACING_UM + focus, 4)
+                optical = Dataset()
+                optical.OpticalPathIdentifier = STACK_PATHS[path_index][0]
+                item = Dataset()
+                item.PlanePositionSlideSequence = [position]
+                item.OpticalPathIdentificationSequence = [optical]
+                per_frame.append(item)
+            ds.PerFrameFunctionalGroupsSequence = per_frame
+        paths.append(out / f"stack-level-{index}.dcm")
+        write_wsi_instance(paths[-1], ds, [tiles[v][i] for v, i in order])
+    return GeneratedStack(spec, paths, [p for p, _ in STACK_PATHS], focal_planes, all_tiles)
+
+
+STACK_SPEC = SlideSpec(
+    1024,
+    768,
+    series_number=1,
+    specimen="S25-0051 B1",
+    seed=9,
+    study=Study(date="20250602", time="091500", accession_number="S25-0051", description="Cytology z-stack"),
+)
+
+
 def demo_slides(out: Path) -> list[Path]:
     """One pathology case for the demo archive: H&E and Ki-67 of the same block (side by side)."""
     he = generate(SIZES["small"], out / "he")
@@ -410,7 +550,17 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("out", type=Path, help="output folder (dicom/ and slide.tiff are written there)")
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument(
+        "--stack",
+        choices=("full", "sparse"),
+        help="instead: a small 3-focal-plane, 2-optical-path slide (TILED_FULL or TILED_SPARSE) in OUT",
+    )
+    parser.add_argument("--focal-planes", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.stack:
+        stack = write_stack(STACK_SPEC, args.out, args.focal_planes, args.stack)
+        print(f"{len(stack.dicom_files)} instances, {stack.focal_planes} planes × 2 paths -> {args.out}")
+        return
     spec = SIZES[args.size]
     started = datetime.datetime.now()
     slide = generate(spec, args.out, progress=True)

@@ -6,6 +6,7 @@ every value here can be overridden per deployment without touching code.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import tomllib
@@ -95,7 +96,7 @@ class Settings:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite3').resolve()}"
 
-    @property
+    @functools.cached_property
     def loopback_only(self) -> bool:
         """True when the HTTP port is reachable from this machine only."""
         return is_loopback(self.host)

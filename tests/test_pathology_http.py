@@ -355,6 +355,7 @@ def test_viewer_draws_tiles_zooms_and_measures(server: Running) -> None:
             assert "S25-0042 A1" in page.text_content("#slide-title")
             assert page.locator("#slides li").count() == 2
             assert page.text_content("#scalebar-text").endswith(("µm", "mm"))
+            assert not page.is_visible("#views")  # one optical path, one focal plane: no controls
             # OpenSeadragon carries the descriptor's ?v= onto every tile: browsers may keep them for good
             assert tiles and all("?v=" in url and "immutable" in cache for url, cache in tiles), tiles[:3]
 

@@ -33,6 +33,10 @@ class NotASlide(LookupError):
     """The series holds no VL Whole Slide Microscopy pyramid."""
 
 
+class NoSuchView(LookupError):
+    """The slide has no such optical path or focal plane (a client error, answered 404)."""
+
+
 # -- reading DICOM JSON headers ------------------------------------------------------------------
 
 
@@ -71,6 +75,11 @@ class WsiHeader:
     optical_path_identifier: str  # the path this instance's frames show (shared functional groups)
     sparse_positions: list[tuple[int, int]] | None  # 1-based (column, row) in the matrix, per frame
     attributes: dict[str, Any] = field(repr=False)
+    # Paths in the order TILED_FULL frames cycle through them (the shared path alone when one is named)
+    frame_order_paths: tuple[str, ...] = ()
+    # TILED_SPARSE: per frame, its optical path and its ZOffsetInSlideCoordinateSystem (µm) or None
+    sparse_paths: list[str] | None = None
+    sparse_z: list[float | None] | None = None
 
     @property
     def kind(self) -> str:
@@ -85,12 +94,18 @@ class WsiHeader:
         positions = None
         per_frame = _items(ds, "52009230")
         organization = str(_first(ds, "00209311", "") or "")
+        shared_path = str(_first((_items(shared, "00480207") or [{}])[0], "00480106", "") or "")
+        sparse_paths: list[str] | None = None
+        sparse_z: list[float | None] | None = None
         if organization != "TILED_FULL" and per_frame:
-            positions = []
+            positions, sparse_paths, sparse_z = [], [], []
             for item in per_frame:
                 plane = (_items(item, "0048021A") or [{}])[0]
                 positions.append((int(_first(plane, "0048021E", 1)), int(_first(plane, "0048021F", 1))))
-        paths = []
+                sparse_z.append(_float(_first(plane, "0040074A")))
+                frame_path = (_items(item, "00480207") or [{}])[0]
+                sparse_paths.append(str(_first(frame_path, "00480106", "") or "") or shared_path)
+        paths: list[dict[str, Any]] = []
         for item in _items(ds, "00480105"):
             paths.append(
                 {
@@ -112,13 +127,23 @@ class WsiHeader:
             concatenation_frame_offset=int(_first(ds, "00209228", 0) or 0),
             focal_planes=int(_first(ds, "00480303", 1) or 1),
             optical_paths=paths,
-            optical_path_identifier=str(
-                _first((_items(shared, "00480207") or [{}])[0], "00480106", "")
-                or (paths[0]["identifier"] if paths else "")
-            ),
+            optical_path_identifier=shared_path or (paths[0]["identifier"] if paths else ""),
             sparse_positions=positions,
             attributes=ds,
+            frame_order_paths=(shared_path,)
+            if shared_path
+            else tuple(p["identifier"] for p in paths) or ("",),
+            sparse_paths=[p or (paths[0]["identifier"] if paths else "") for p in sparse_paths]
+            if sparse_paths is not None
+            else None,
+            sparse_z=sparse_z,
         )
+
+    def holds_path(self, path: str) -> bool:
+        """Whether any frame of this instance shows the optical path."""
+        if self.sparse_paths is not None:
+            return path in self.sparse_paths
+        return path in self.frame_order_paths
 
 
 def _float(value: Any) -> float | None:
@@ -149,29 +174,98 @@ class WsiLevel:
         return self.headers[int(position)], int(frame)
 
     @classmethod
-    def assemble(cls, headers: list[WsiHeader], downsample: float) -> WsiLevel:
+    def assemble(
+        cls, headers: list[WsiHeader], downsample: float, path: str | None = None, plane: int = 0
+    ) -> WsiLevel:
+        """Place the frames of one optical path and focal plane (``path`` None: each instance's first).
+
+        TILED_FULL frames run tile by tile, then focal plane, then optical path (in the
+        instance's OpticalPathSequence order), over the whole concatenation; TILED_SPARSE
+        frames say where they lie, which path they show and their Z offset (plane ``n`` is
+        the ``n``-th smallest Z offset of the path's frames at that tile position).
+        """
         first = headers[0].instance
         tile_w, tile_h = int(first.columns or 0), int(first.rows or 0)
         width, height = headers[0].total_columns, headers[0].total_rows
         level = Level(width, height, downsample, tile_w, tile_h)
         columns, rows = level.columns, level.rows
         tiles = np.full((columns * rows, 2), -1, dtype=np.int64)
+        # TILED_SPARSE: at each tile position, the distinct Z offsets of the path's frames, lowest
+        # first; plane n is the n-th of them. Ranked per position, not across the level, so a
+        # scanner's focus map (one slightly different Z per tile) is still one plane.
+        stacks = _sparse_stacks(headers, path, columns, rows)
+        for index, stack in stacks.items():
+            if plane < len(stack) and tiles[index, 0] < 0:
+                tiles[index] = stack[plane]
         for position, header in enumerate(headers):
             frames = header.instance.number_of_frames
             if header.sparse_positions is not None:
-                for frame, (x, y) in enumerate(header.sparse_positions):
-                    column, row = (x - 1) // tile_w, (y - 1) // tile_h
-                    if 0 <= column < columns and 0 <= row < rows and tiles[row * columns + column, 0] < 0:
-                        tiles[row * columns + column] = (position, frame)
                 continue
-            # TILED_FULL: tiles row by row, then focal planes, then optical paths; keep the first plane/path.
-            start = header.concatenation_frame_offset
-            stop = min(start + frames, columns * rows)
+            if path is None:
+                path_index = 0
+            elif path in header.frame_order_paths:
+                path_index = header.frame_order_paths.index(path)
+            else:
+                continue
+            if plane >= header.focal_planes:
+                continue
+            # frame numbers (0-based, over the whole concatenation) of this path and plane's tiles
+            first_frame = (path_index * header.focal_planes + plane) * columns * rows
+            start = max(header.concatenation_frame_offset, first_frame)
+            stop = min(header.concatenation_frame_offset + frames, first_frame + columns * rows)
             if stop > start:
-                free = tiles[start:stop, 0] < 0  # the first instance placed keeps a tile
-                tiles[start:stop, 0][free] = position
-                tiles[start:stop, 1][free] = np.arange(stop - start)[free]
+                slots = slice(start - first_frame, stop - first_frame)
+                free = tiles[slots, 0] < 0  # the first instance placed keeps a tile
+                tiles[slots, 0][free] = position
+                local = np.arange(start, stop) - header.concatenation_frame_offset
+                tiles[slots, 1][free] = local[free]
         return cls(level, headers, tiles)
+
+    @property
+    def stored_tiles(self) -> int:
+        return int((self.tile_frames[:, 0] >= 0).sum())
+
+
+def _sparse_stacks(
+    headers: list[WsiHeader], path: str | None, columns: int, rows: int
+) -> dict[int, list[tuple[int, int]]]:
+    """Tile index → (instance position, frame) per distinct Z offset, lowest Z first, for one path.
+
+    ``path`` None: each instance's own first path. The first frame met with a given Z keeps it.
+    """
+    found: dict[int, dict[float | None, tuple[int, int]]] = {}
+    for position, header in enumerate(headers):
+        if header.sparse_positions is None:
+            continue
+        tile_w, tile_h = int(header.instance.columns or 1), int(header.instance.rows or 1)
+        wanted = path if path is not None else header.optical_path_identifier
+        count = len(header.sparse_positions)
+        frame_paths = header.sparse_paths or [wanted] * count
+        frame_z = header.sparse_z or [None] * count
+        for frame, (x, y) in enumerate(header.sparse_positions):
+            if frame_paths[frame] != wanted:
+                continue
+            column, row = (x - 1) // tile_w, (y - 1) // tile_h
+            if 0 <= column < columns and 0 <= row < rows:
+                found.setdefault(row * columns + column, {}).setdefault(frame_z[frame], (position, frame))
+    return {
+        index: [by_z[z] for z in sorted(by_z, key=lambda z: -1e308 if z is None else z)]
+        for index, by_z in found.items()
+    }
+
+
+def focal_plane_count(headers: list[WsiHeader], path: str) -> int:
+    """How many focal planes one level's instances hold for an optical path."""
+    planes = max(
+        (h.focal_planes for h in headers if h.sparse_positions is None and h.holds_path(path)), default=0
+    )
+    if any(h.sparse_positions is not None for h in headers):
+        first = headers[0]
+        tile_w, tile_h = int(first.instance.columns or 1), int(first.instance.rows or 1)
+        columns, rows = -(-first.total_columns // tile_w), -(-first.total_rows // tile_h)
+        stacks = _sparse_stacks(headers, path, columns, rows)
+        planes = max(planes, max((len(stack) for stack in stacks.values()), default=0))
+    return planes
 
 
 # -- the source ------------------------------------------------------------------------------------
@@ -180,11 +274,25 @@ class WsiLevel:
 class DicomWsiSource:
     """A slide stored as DICOM WSI instances in the archive. Thread-safe."""
 
-    def __init__(self, headers: Iterable[WsiHeader], files: FileHandleCache) -> None:
+    def __init__(
+        self,
+        headers: Iterable[WsiHeader],
+        files: FileHandleCache,
+        optical_path: str | None = None,
+        focal_plane: int = 0,
+    ) -> None:
+        """The pyramid of one optical path and focal plane; the default (None, 0) is the first of each.
+
+        A named path keeps only the levels that hold it (another path's pixels would be
+        wrong pixels); the default keeps the historical rule (the base level's first path,
+        any instance of a level without it). Raises NoSuchView for a path or plane the
+        series does not hold.
+        """
         self.files = files
+        self.headers = list(headers)
         volumes: dict[tuple[int, int], list[WsiHeader]] = {}
         self.associated: dict[str, WsiHeader] = {}
-        for header in headers:
+        for header in self.headers:
             if header.instance.sop_class_uid != VL_WHOLE_SLIDE_MICROSCOPY_IMAGE_STORAGE:
                 continue
             if header.kind in ASSOCIATED_KINDS:
@@ -199,27 +307,51 @@ class DicomWsiSource:
                 for path in header.optical_paths:
                     if all(p["identifier"] != path["identifier"] for p in self.optical_paths):
                         self.optical_paths.append(path)
-        self.focal_planes = max(h.focal_planes for group in volumes.values() for h in group)
-        # One optical path is tiled (the first of the base level); an instance per channel is common.
-        base_path = max(volumes.items(), key=lambda item: item[0][0])[1][0].optical_path_identifier
+        base_group = max(volumes.items(), key=lambda item: item[0][0])[1]
+        self.default_path = base_group[0].optical_path_identifier
+        # focal planes per optical path, counted on the base level
+        base_paths = dict.fromkeys(p for h in base_group for p in (h.sparse_paths or h.frame_order_paths))
+        self.planes: dict[str, int] = {p: focal_plane_count(base_group, p) for p in base_paths}
+        self.focal_planes = max([*self.planes.values(), *(h.focal_planes for h in base_group)])
+        selected = self.default_path if optical_path is None else optical_path
+        self.is_default = optical_path in (None, self.default_path) and focal_plane == 0
+        if not self.is_default and not 0 <= focal_plane < self.planes.get(selected, 0):
+            raise NoSuchView(
+                f"the slide has no optical path {selected[:64]!r} with focal plane {focal_plane}"
+                f" (paths and planes: {self.planes})"
+            )
+        self.optical_path, self.focal_plane = selected, focal_plane
         for size, group in list(volumes.items()):
-            same = [h for h in group if h.optical_path_identifier == base_path]
-            volumes[size] = same or group
-        ordered = sorted(volumes.items(), key=lambda item: -item[0][0])
+            same = [h for h in group if h.holds_path(selected)]
+            if same or not self.is_default:
+                volumes[size] = same
+        ordered = sorted(((s, g) for s, g in volumes.items() if g), key=lambda item: -item[0][0])
         base_width, base_height = ordered[0][0]
-        self.wsi_levels = []
+        self.wsi_levels: list[WsiLevel] = []
         for (width, height), group in ordered:
             group.sort(key=lambda h: (h.concatenation_uid, h.concatenation_frame_offset))
             # openslide's rule, so DZI geometry matches DeepZoomGenerator on the same slide
             downsample = (base_width / width + base_height / height) / 2
-            self.wsi_levels.append(WsiLevel.assemble(group, downsample))
+            level = WsiLevel.assemble(group, downsample, None if self.is_default else selected, focal_plane)
+            if self.is_default or level.stored_tiles or not self.wsi_levels:
+                self.wsi_levels.append(level)
         self.base = ordered[0][1][0]
         self._levels = [w.level for w in self.wsi_levels]
         digest = hashlib.blake2b(digest_size=12)
         for wsi_level in self.wsi_levels:
             for header in wsi_level.headers:
                 digest.update(header.instance.sha256.encode())
+        if not self.is_default:  # same instances, other frames: other tile URLs and cache keys
+            digest.update(f"\0{selected}\0{focal_plane}".encode())
         self._identity = digest.hexdigest()
+
+    def views(self) -> list[tuple[str, int]]:
+        """Every (optical path, focal plane) this slide can show, the default first."""
+        default = (self.default_path, 0)
+        listed = [p["identifier"] for p in self.optical_paths]
+        order = sorted(self.planes, key=lambda p: listed.index(p) if p in listed else len(listed))
+        others = [(p, z) for p in order for z in range(self.planes[p]) if (p, z) != default]
+        return [default, *others]
 
     # TileSource ---------------------------------------------------------------------------------
 

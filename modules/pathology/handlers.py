@@ -15,22 +15,17 @@ from typing import Any
 
 from modules.pathology.alignment import AlignmentError, AlignmentStore, validate_alignment
 from modules.pathology.annotations import AnnotationError, AnnotationStore, validate_collection
-from modules.pathology.slides import NotASlide, Slide, SlideLibrary, is_uid
+from modules.pathology.slides import NoSuchView, NotASlide, Slide, SlideLibrary, is_uid
 from server.context import ServerContext
-from server.tiles import CachedTile, DeepZoom, SourceUnreadable, TileCache, TileNotFound
+from server.tiles import CachedTile, DeepZoom, TileCache
 from server.tiles.deepzoom import encode_jpeg
-from server.tiles.http import IMMUTABLE, REVALIDATE, finish_cached
+from server.tiles.http import IMMUTABLE, REVALIDATE, finish_cached, send_tile, tile_address
 from server.web.base import BaseHandler, ProblemError
 
 log = logging.getLogger(__name__)
-TILE_NAME = re.compile(r"(\d{1,9})_(\d{1,9})\.(?:jpeg|jpg)")
+PLANE = re.compile(r"\d{1,4}")
+MAX_PATH_IDENTIFIER = 64  # OpticalPathIdentifier is an SH (16 characters); leave room, refuse junk
 MAX_ANNOTATION_BYTES = 8 * 1024**2
-
-
-def produce_tile(deepzoom: DeepZoom, level: int, column: int, row: int) -> CachedTile:
-    """Blocking: read (and if needed decode, resample, encode) one DZI tile, then hash it."""
-    tile = deepzoom.read_tile(level, column, row)
-    return CachedTile.of(tile.data, tile.media_type)
 
 
 class SlideHandler(BaseHandler):
@@ -43,63 +38,71 @@ class SlideHandler(BaseHandler):
         self.cache = cache
 
     async def slide(self, series_uid: str, revalidate: bool = False) -> Slide:
-        if not is_uid(series_uid):
-            raise ProblemError(400, f"{series_uid[:80]!r} is not a Series Instance UID")
+        # An opened slide's UID was validated when it was opened: the warm path skips the regex.
         slide = None if revalidate else self.library.cached(series_uid)
         if slide is None:
+            if not is_uid(series_uid):
+                raise ProblemError(400, f"{series_uid[:80]!r} is not a Series Instance UID")
             try:
                 slide = await self.run_blocking(self.library.open, series_uid, revalidate)
             except NotASlide as exc:
                 raise ProblemError(404, f"series {series_uid} is not a whole-slide image: {exc}") from exc
         return slide
 
+    def selection(self) -> tuple[str | None, int]:
+        """``?path=`` (OpticalPathIdentifier) and ``?z=`` (focal plane index); absent: the first of each."""
+        arguments = self.request.query_arguments
+        if "path" not in arguments and "z" not in arguments:
+            return None, 0  # the common case: no decoding of arguments on the hot path
+        path = self.get_query_argument("path", "") or None
+        plane = self.get_query_argument("z", "0") or "0"
+        if not PLANE.fullmatch(plane):
+            raise ProblemError(400, f"focal plane {plane[:20]!r} is not a non-negative index")
+        if path is not None and len(path) > MAX_PATH_IDENTIFIER:
+            raise ProblemError(400, "the optical path identifier is too long")
+        return path, int(plane)
+
+    async def view(self, slide: Slide, path: str | None, plane: int) -> DeepZoom:
+        """The DZI of the selected path and plane; 404 when the slide has no such view."""
+        deepzoom = slide.cached_view(path, plane)
+        if deepzoom is None:
+            try:
+                deepzoom = await self.run_blocking(slide.view, path, plane)
+            except NoSuchView as exc:
+                raise ProblemError(404, str(exc)) from exc
+        return deepzoom
+
 
 class DziHandler(SlideHandler):
     async def get(self, series_uid: str) -> None:
+        selection = self.selection()
         slide = await self.slide(series_uid, revalidate=True)
-        body = slide.deepzoom.descriptor().encode()
+        body = (await self.view(slide, *selection)).descriptor().encode()
         finish_cached(self, body, "application/xml; charset=utf-8", CachedTile.of(body, "").etag, REVALIDATE)
 
 
 class TileHandler(SlideHandler):
     async def get(self, series_uid: str, level: str, name: str) -> None:
+        selection = self.selection()
         slide = await self.slide(series_uid)
+        deepzoom = slide.cached_view(*selection) or await self.view(slide, *selection)
         version = self.get_query_argument("v", "")
-        if version and version != slide.version:  # this process may hold an older pyramid
+        if version and version != deepzoom.source.identity:  # this process may hold an older pyramid
             slide = await self.slide(series_uid, revalidate=True)
-        match = TILE_NAME.fullmatch(name)
-        if not level.isdigit() or len(level) > 3 or match is None:
-            raise ProblemError(400, f"tile address {level}/{name[:40]} is not {{level}}/{{col}}_{{row}}.jpeg")
-        deepzoom = slide.deepzoom
-        address = int(level), int(match[1]), int(match[2])
-        key = (deepzoom.identity, *address)
-        tile = self.cache.get(key)
-        if tile is None:
-            try:
-                # a stored tile already in the OS page cache: read here, it cannot block
-                stored = deepzoom.read_tile_nowait(*address)
-            except TileNotFound as exc:
-                raise ProblemError(404, str(exc)) from exc
-            if stored is not None:
-                tile = CachedTile.of(stored.data, stored.media_type)
-            else:
-                try:
-                    tile = await self.run_blocking(produce_tile, deepzoom, *address)
-                except SourceUnreadable as exc:
-                    log.warning("slide %s tile %s unreadable: %s", series_uid, address, exc)
-                    raise ProblemError(500, f"the stored tile data cannot be read: {exc}") from exc
-            self.cache.put(key, tile)
+            deepzoom = await self.view(slide, *selection)
+        address = tile_address(level, name)
         # Immutable only under the URL of this exact pyramid version (?v= from the descriptor);
         # anything else may change when instances arrive, so browsers revalidate (a cheap 304).
-        versioned = self.get_query_argument("v", "") == slide.version
-        finish_cached(self, tile.data, tile.media_type, tile.etag, IMMUTABLE if versioned else REVALIDATE)
+        versioned = version == deepzoom.source.identity
+        await send_tile(self, deepzoom, address, self.cache, IMMUTABLE if versioned else REVALIDATE)
 
 
 class InfoHandler(SlideHandler):
     async def get(self, series_uid: str) -> None:
         slide = await self.slide(series_uid, revalidate=True)
+        info = await self.run_blocking(slide.info)  # may assemble the other paths' and planes' views
         self.set_header("Cache-Control", REVALIDATE)
-        self.write_json(slide.info())
+        self.write_json(info)
 
 
 class AssociatedImageHandler(SlideHandler):

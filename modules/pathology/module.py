@@ -51,9 +51,9 @@ class PathologyModule:
         megabytes = int(ctx.settings.extra.get("tile_cache_mb", 256))
         derived = ctx.settings.derived_dir / "pathology"
         kwargs = {"library": self.library, "cache": tile_cache_of(ctx.extras, megabytes * 1024**2)}
-        return [
-            RouteSpec(r"slides/([^/]+)\.dzi", DziHandler, kwargs),
+        return [  # tiles first: the route matched thousands of times a second
             RouteSpec(r"slides/([^/]+)_files/([^/]+)/([^/]+)", TileHandler, kwargs),
+            RouteSpec(r"slides/([^/]+)\.dzi", DziHandler, kwargs),
             RouteSpec(r"slides/([^/]+)/info", InfoHandler, kwargs),
             RouteSpec(r"slides/([^/]+)/associated/([a-z]+)\.jpeg", AssociatedImageHandler, kwargs),
             RouteSpec(r"studies/([^/]+)/slides", StudySlidesHandler, kwargs),

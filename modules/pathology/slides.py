@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import select
 
-from modules.pathology.dicom_source import ASSOCIATED_KINDS, DicomWsiSource, NotASlide, WsiHeader
+from modules.pathology.dicom_source import ASSOCIATED_KINDS, DicomWsiSource, NoSuchView, NotASlide, WsiHeader
 from server.archive.archive import Archive
 from server.archive.models import Series, Study
 from server.tiles import DeepZoom, FileHandleCache
@@ -34,14 +35,46 @@ class Slide:
     source: DicomWsiSource
     deepzoom: DeepZoom
     number_of_instances: int
+    # (optical path, focal plane) → its Deep Zoom view, built on first request
+    _views: dict[tuple[str, int], DeepZoom] = field(default_factory=dict, repr=False)
+    _views_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def version(self) -> str:
         """Goes into tile URLs (``?v=``) so a changed slide never hits a stale immutable tile."""
         return self.source.identity
 
-    def dzi_url(self, prefix: str = "/pathology") -> str:
-        return f"{prefix}/slides/{self.series_instance_uid}.dzi?v={self.version}"
+    def is_default_view(self, path: str | None, plane: int) -> bool:
+        return path in (None, self.source.default_path) and plane == 0
+
+    def cached_view(self, path: str | None, plane: int) -> DeepZoom | None:
+        """Non-blocking: the view if it was built already (the default always is)."""
+        if self.is_default_view(path, plane):
+            return self.deepzoom
+        return self._views.get((str(path), plane))
+
+    def view(self, path: str | None, plane: int) -> DeepZoom:
+        """Blocking (assembles a frame map once per view): the DZI of one optical path and focal plane.
+
+        Raises NoSuchView. The default view (no path, plane 0, or the first path's plane 0)
+        is ``deepzoom`` itself, so the URLs without a selection keep their tiles and ETags.
+        """
+        found = self.cached_view(path, plane)
+        if found is not None:
+            return found
+        key = (str(path), plane)
+        with self._views_lock:
+            if key not in self._views:
+                source = DicomWsiSource(self.source.headers, self.source.files, path, plane)
+                self._views[key] = DeepZoom(source)
+            return self._views[key]
+
+    def dzi_url(self, prefix: str = "/pathology", path: str | None = None, plane: int = 0) -> str:
+        if self.is_default_view(path, plane):
+            return f"{prefix}/slides/{self.series_instance_uid}.dzi?v={self.version}"
+        version = self.view(path, plane).source.identity
+        query = urlencode({"path": path or "", "z": plane, "v": version})
+        return f"{prefix}/slides/{self.series_instance_uid}.dzi?{query}"
 
     def info(self, prefix: str = "/pathology") -> dict[str, Any]:
         source = self.source
@@ -72,7 +105,12 @@ class Slide:
             "container_identifier": _text(base, "00400512"),
             "optical_paths": paths,
             "focal_planes": source.focal_planes,
-            "tiled_optical_path": source.base.optical_path_identifier,
+            "tiled_optical_path": source.default_path,
+            # every optical path × focal plane as its own Deep Zoom image (the default first)
+            "views": [
+                {"optical_path": path, "focal_plane": plane, "dzi": self.dzi_url(prefix, path, plane)}
+                for path, plane in source.views()
+            ],
             "dzi": {
                 "url": self.dzi_url(prefix),
                 "tile_size": self.deepzoom.tile_size,
@@ -201,4 +239,4 @@ class SlideLibrary:
         return result
 
 
-__all__ = ["ASSOCIATED_KINDS", "NotASlide", "Slide", "SlideLibrary", "is_uid"]
+__all__ = ["ASSOCIATED_KINDS", "NoSuchView", "NotASlide", "Slide", "SlideLibrary", "is_uid"]

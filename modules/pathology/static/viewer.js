@@ -16,6 +16,7 @@ const state = {
   pressAt: null,
   features: [],
   tilesDrawn: 0,
+  view: null, // { optical_path, focal_plane, dzi }: what the viewer shows of the slide
 };
 const PRESETS = [2.5, 5, 10, 20, 40];
 const SVG = 'http://www.w3.org/2000/svg';
@@ -454,7 +455,74 @@ async function openSlide(series) {
   const url = new URL(window.location.href);
   url.searchParams.set('series', series);
   window.history.replaceState(null, '', url);
-  state.viewer.open(state.info.dzi.url);
+  buildViews(state.info);
+  state.view = null;
+  const first = (state.info.views || [])[0] || { optical_path: '', focal_plane: 0, dzi: state.info.dzi.url };
+  state.viewer.close();
+  showView(first);
+}
+
+// -- optical paths and focal planes: each is its own Deep Zoom image (info.views) ------------
+
+function viewsOf(path) {
+  return (state.info?.views || []).filter((view) => view.optical_path === path);
+}
+
+/** Show another optical path / focal plane in place: the viewport (pan, zoom, rotation) stays. */
+function showView(view) {
+  state.view = view;
+  document.body.dataset.opticalPath = view.optical_path;
+  document.body.dataset.focalPlane = String(view.focal_plane);
+  const planes = viewsOf(view.optical_path).length;
+  $('focal-plane').textContent = `z ${view.focal_plane + 1}/${planes}`;
+  $('focal-plane-group').hidden = planes < 2;
+  $('optical-path').value = view.optical_path;
+  if (state.viewer.world.getItemCount() > 0) {
+    // a lone replaced image sends OpenSeadragon home: put the viewport back where it was
+    const viewport = state.viewer.viewport;
+    const bounds = viewport.getBounds(true);
+    state.viewer.addTiledImage({
+      tileSource: view.dzi,
+      index: 0,
+      replace: true,
+      success: () => viewport.fitBounds(bounds, true),
+    });
+  } else {
+    state.viewer.open(view.dzi);
+  }
+}
+
+function stepFocalPlane(delta) {
+  if (!state.view) return;
+  const target = state.view.focal_plane + delta;
+  const view = viewsOf(state.view.optical_path).find((v) => v.focal_plane === target);
+  if (view) showView(view);
+}
+
+function chooseOpticalPath(path) {
+  // keep the focal plane when the other path has it, else its first
+  const views = viewsOf(path);
+  const view = views.find((v) => v.focal_plane === state.view?.focal_plane) || views[0];
+  if (view) showView(view);
+}
+
+function buildViews(info) {
+  const views = info.views || [];
+  const paths = [...new Set(views.map((view) => view.optical_path))];
+  const select = $('optical-path');
+  select.replaceChildren(
+    ...paths.map((path) => {
+      const option = document.createElement('option');
+      const described = (info.optical_paths || []).find((p) => p.identifier === path);
+      option.value = path;
+      option.textContent = described?.description ? `${path}: ${described.description}` : `Path ${path}`;
+      return option;
+    }),
+  );
+  select.hidden = paths.length < 2;
+  const planes = Math.max(0, ...paths.map((path) => viewsOf(path).length));
+  $('focal-plane-group').hidden = planes < 2;
+  $('views').hidden = paths.length < 2 && planes < 2;
 }
 
 function buildPresets() {
@@ -480,7 +548,7 @@ function clearFeatures() {
 
 function bindKeys() {
   document.addEventListener('keydown', (event) => {
-    if (event.target instanceof HTMLInputElement || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target instanceof HTMLInputElement || event.target instanceof HTMLSelectElement || event.ctrlKey || event.metaKey || event.altKey) return;
     const viewport = state.viewer.viewport;
     const key = event.key.toLowerCase();
     if (key >= '1' && key <= '5') zoomToObjective(PRESETS[Number(key) - 1]);
@@ -496,6 +564,8 @@ function bindKeys() {
     else if (key === 'f') viewport.toggleFlip();
     else if (key === 'h' || key === '0') viewport.goHome();
     else if (key === 'delete') clearFeatures();
+    else if (key === 'pageup') stepFocalPlane(1);
+    else if (key === 'pagedown') stepFocalPlane(-1);
     else return;
     event.preventDefault();
   });
@@ -596,6 +666,9 @@ function main() {
   $('rotate').addEventListener('click', () => viewer.viewport.setRotation(viewer.viewport.getRotation() + 90));
   $('flip').addEventListener('click', () => viewer.viewport.toggleFlip());
   $('home').addEventListener('click', () => viewer.viewport.goHome());
+  $('plane-up').addEventListener('click', () => stepFocalPlane(1));
+  $('plane-down').addEventListener('click', () => stepFocalPlane(-1));
+  $('optical-path').addEventListener('change', (event) => chooseOpticalPath(event.target.value));
   if (!state.series) {
     status('No slide chosen: open this page from the study browser', true);
     return;
