@@ -16,6 +16,7 @@ so two runs write identical files.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEGBaseline8Bit,
     TwelveLeadECGWaveformStorage,
+    UltrasoundImageStorage,
     UltrasoundMultiFrameImageStorage,
 )
 
@@ -46,6 +48,7 @@ __all__ = [
     "ECHO_STUDY",
     "STRESS_STUDY",
     "LVPhantom",
+    "echo_image_sequence",
     "echo_loop",
     "echo_study",
     "stress_echo_study",
@@ -348,6 +351,54 @@ def echo_study() -> list[FileDataset]:
     ]
 
 
+def echo_image_sequence(
+    *,
+    study: Study = ECHO_STUDY,
+    series_number: int = 4,
+    acquisitions: tuple[tuple[int, str], ...] = ((1, "101812"), (2, "101840")),
+    n_frames: int = 12,
+    frame_time_ms: float = 40.0,
+    with_frame_time: bool = False,
+    rows: int = 150,
+    columns: int = 200,
+) -> list[FileDataset]:
+    """Single-frame Ultrasound Image instances of short A4C acquisitions in one series.
+
+    Some machines (and conversions) store a cine as one image per frame; the viewer groups
+    them back into loops. Each (AcquisitionNumber, AcquisitionTime) in `acquisitions` gives
+    `n_frames` images, InstanceNumbers running on across the series, ContentTime stepping
+    by `frame_time_ms` (FrameTime only when `with_frame_time`), the same regions throughout.
+    """
+    loop = echo_loop(
+        "A4C", study=study, series_number=series_number, n_frames=n_frames, frame_time_ms=frame_time_ms,
+        rows=rows, columns=columns, cm_per_px=0.08, transfer_syntax_uid=ExplicitVRLittleEndian,
+    )  # fmt: skip
+    frames = loop.pixel_array
+    series = _new_series(PATIENT, study, series_number, "US", "ECHO STILLS", "HEART")
+    out = []
+    number = 0
+    for acquisition, acquired_at in acquisitions:
+        start = dt.datetime.strptime(study.date + acquired_at, "%Y%m%d%H%M%S")
+        for i in range(n_frames):
+            number += 1
+            ds = _instance(
+                UltrasoundImageStorage, PATIENT, study, "ECHO", series, number,
+                ["ORIGINAL", "PRIMARY", "CARDIAC"],
+            )  # fmt: skip
+            ds.ViewName = "A4C"
+            ds.HeartRate = loop.HeartRate
+            ds.AcquisitionNumber = acquisition
+            ds.AcquisitionDateTime = f"{study.date}{acquired_at}"
+            ds.AcquisitionDate, ds.AcquisitionTime = study.date, acquired_at
+            ds.ContentTime = (start + dt.timedelta(milliseconds=i * frame_time_ms)).strftime("%H%M%S.%f")
+            if with_frame_time:
+                ds.FrameTime = frame_time_ms
+            ds.SequenceOfUltrasoundRegions = loop.SequenceOfUltrasoundRegions
+            ds.set_pixel_data(frames[i], "MONOCHROME2", 8, generate_instance_uid=False)
+            out.append(encode(ds, JPEGBaseline8Bit))
+    return out
+
+
 STRESS_STAGES: tuple[tuple[str, float, LVPhantom], ...] = (
     ("REST", 70.0, LVPhantom()),
     ("LOW DOSE", 95.0, LVPhantom(a_es_cm=1.55, b_es_cm=1.45, length_es_cm=7.2)),
@@ -410,6 +461,7 @@ def twelve_lead_ecg(duration_s: float = 10.0, heart_rate_bpm: float = 72.0) -> F
 
 
 def write_cardiology_demo(out_dir: Path) -> list[Path]:
-    """Write the echo study, the stress echo and the 12-lead ECG under `out_dir`."""
-    instances = [*echo_study(), *stress_echo_study(), twelve_lead_ecg()]
+    """Write the echo study (with a series of single-frame stills grouped into loops), the stress
+    echo and the 12-lead ECG under `out_dir`."""
+    instances = [*echo_study(), *echo_image_sequence(), *stress_echo_study(), twelve_lead_ecg()]
     return [write(ds, Path(out_dir)) for ds in instances]

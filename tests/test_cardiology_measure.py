@@ -291,7 +291,10 @@ def test_demo_writes_echo_stress_and_ecg(tmp_path: Path) -> None:
     by_study: dict[str, list[Dataset]] = {}
     for ds in headers:
         by_study.setdefault(str(ds.AccessionNumber), []).append(ds)
-    assert [str(ds.ViewName) for ds in by_study["ACC-2001"]] == ["A4C", "A2C", "PLAX"]
+    echo = [ds for ds in by_study["ACC-2001"] if int(ds.get("NumberOfFrames", 1) or 1) > 1]
+    assert [str(ds.ViewName) for ds in echo] == ["A4C", "A2C", "PLAX"]
+    stills = [ds for ds in by_study["ACC-2001"] if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6.1"]
+    assert len(stills) == 24 and {int(ds.AcquisitionNumber) for ds in stills} == {1, 2}
     stress = by_study["ACC-2002"]
     assert len(stress) == 16 and {str(ds.StageName) for ds in stress} == {
         "REST",
@@ -303,4 +306,4 @@ def test_demo_writes_echo_stress_and_ecg(tmp_path: Path) -> None:
     (ecg,) = by_study["ACC-2003"]
     assert ecg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.9.1.1"
     assert ecg.WaveformSequence[0].NumberOfWaveformChannels == 12
-    assert "FrameTimeVector" in by_study["ACC-2001"][2]
+    assert "FrameTimeVector" in echo[2]

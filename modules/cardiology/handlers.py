@@ -59,7 +59,27 @@ class WaveformHandler(CardiologyHandler):
 
 class StudyIndexHandler(CardiologyHandler):
     async def get(self, study: str) -> None:
-        self.write_json(await self.call(self.library.study_index, study))
+        series = self.get_query_argument("series", "")
+        self.write_json(await self.call(self.library.study_index, study, series))
+
+
+class FirstFrameHandler(CardiologyHandler):
+    """Frame 1 of the loop the viewer shows first for a study and series, named in X-Loop-Id.
+
+    The viewer page is static and knows only the study and series from its URL; this lets it
+    ask for frame 1 at the same time as the study index instead of after it."""
+
+    async def get(self, study: str, series: str) -> None:
+        def work() -> tuple[str, bytes]:
+            loop_id = self.library.first_loop_id(study, series)
+            _count, jpeg = self.library.frame_source(loop_id)
+            return loop_id, jpeg(0)
+
+        loop_id, data = await self.call(work)
+        self.set_header("Content-Type", "image/jpeg")
+        self.set_header("Cache-Control", "private, no-cache")  # which loop is first may change
+        self.set_header("X-Loop-Id", loop_id)
+        self.finish(data)
 
 
 class FrameHandler(CardiologyHandler):
@@ -67,8 +87,8 @@ class FrameHandler(CardiologyHandler):
 
     async def get(self, sop: str, number: str) -> None:
         def work() -> bytes:
-            instance, header = self.library.loop(sop)
-            return self.library.frame_jpeg(instance, header, int(number) - 1)
+            _count, jpeg = self.library.frame_source(sop)
+            return jpeg(int(number) - 1)
 
         data = await self.call(work)
         self.set_header("Content-Type", "image/jpeg")
@@ -81,16 +101,17 @@ class FrameStreamHandler(CardiologyHandler):
     the viewer shows frame 1 as soon as it arrives and buffers the rest from one request."""
 
     async def get(self, sop: str) -> None:
-        instance, header = await self.call(self.library.loop, sop)
-        count = instance.number_of_frames
+        count, jpeg = await self.call(self.library.frame_source, sop)
 
         def batch(start: int) -> list[bytes]:
-            return [
-                self.library.frame_jpeg(instance, header, i)
-                for i in range(start, min(start + FRAMES_PER_BATCH, count))
-            ]
+            return [jpeg(i) for i in range(start, min(start + FRAMES_PER_BATCH, count))]
 
-        first = await self.call(batch, 0)  # errors before the first byte still get a problem+json
+        def frame_one() -> list[bytes]:
+            """Frame 1 alone, flushed at once: the viewer draws it while the next batch is read;
+            an error here, before the first byte, is still answered as problem+json."""
+            return [jpeg(0)] if count else []
+
+        first = await self.call(frame_one)
         self.set_header("Content-Type", f'multipart/related; type="image/jpeg"; boundary={BOUNDARY}')
         self.set_header("Cache-Control", "private, max-age=86400")
         self.set_header("X-Frame-Count", str(count))
@@ -141,7 +162,7 @@ class VideoHandler(CardiologyHandler):
         await self._serve(sop, include_body=False)
 
     async def _serve(self, sop: str, include_body: bool) -> None:
-        await self.call(self.library.loop, sop)  # 404/409 before any work
+        await self.call(self.library.check_loop, sop)  # 404/409 before any work
         future = self.library.schedule_video(sop)
         try:
             if future.cancel():  # still queued behind other loops: a viewer waits, so make it now

@@ -7,11 +7,13 @@ the threads that answer frame requests.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
+from sqlalchemy import select
 
 from modules.cardiology.cine import (
     FrameTiming,
@@ -30,10 +33,12 @@ from modules.cardiology.cine import (
     ultrasound_regions,
     waveform_channels,
 )
+from modules.cardiology.groups import (
+    AcquisitionGroup,
+    acquisition_groups,
+    parse_group_id,
+)
 from modules.cardiology.video import (
-    H264_SYNTAXES,
-    HEVC_SYNTAXES,
-    MPEG2_SYNTAXES,
     VideoError,
     VideoStats,
     decode_video_frames,
@@ -42,6 +47,8 @@ from modules.cardiology.video import (
     remux_h264,
 )
 from server.archive.archive import Archive, StoredInstance
+from server.archive.models import Series, Study
+from server.archive.pixeldata import H264_SYNTAXES, HEVC_SYNTAXES, VIDEO_SYNTAXES
 from server.imaging.frames import FrameDecodeError, HeaderCache, decode_frame, read_frame_bytes
 from server.imaging.rendering import encode_image, to_display
 
@@ -60,7 +67,6 @@ JPEG_PASSTHROUGH_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.50"})
 JPEG_SYNTAXES = frozenset(
     {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70"}
 )
-VIDEO_SYNTAXES = H264_SYNTAXES | MPEG2_SYNTAXES | HEVC_SYNTAXES
 
 
 class LoopError(ValueError):
@@ -114,10 +120,73 @@ class LoopLibrary:
         return instance, self.headers.get(instance)
 
     def loop(self, sop_uid: str) -> tuple[StoredInstance, Dataset]:
+        """A multi-frame loop's instance. An acquisition group is several instances, so the
+        callers that need one (measurements, SR, export with calipers) are told so plainly."""
+        if parse_group_id(sop_uid) is not None:
+            raise LoopError(
+                409,
+                f"{sop_uid} is a loop of single-frame images: measurements on it cannot yet be saved, "
+                "stored as SR or exported with calipers",
+            )
         instance, header = self.instance(sop_uid)
         if instance.sop_class_uid not in LOOP_CLASSES:
             raise LoopError(409, f"instance {sop_uid} is not an ultrasound or angiography image")
         return instance, header
+
+    def study_of_series(self, series_uid: str) -> str | None:
+        """The study holding a series: group ids name only the series, to stay short and stable."""
+        query = (
+            select(Study.study_instance_uid)
+            .join(Series, Series.study_pk == Study.id)
+            .where(Series.series_instance_uid == series_uid)
+        )
+        with self.archive.sessions() as session:
+            return session.execute(query).scalars().first()
+
+    def series_groups(self, study_uid: str, series_uid: str) -> list[AcquisitionGroup]:
+        stored = self.archive.stored_instances(study_uid, series_uid, with_frame_index=True)
+        items = [(i, self.headers.get(i)) for i in stored]
+        return acquisition_groups(series_uid, items)
+
+    def group(self, loop_id: str) -> AcquisitionGroup:
+        """The acquisition group a ``group/{series}/{n}`` id names (404 when there is none)."""
+        parsed = parse_group_id(loop_id)
+        if parsed is None:
+            raise LoopError(404, f"{loop_id!r} is not a loop id")
+        series_uid, number = parsed
+        study_uid = self.study_of_series(series_uid)
+        groups = self.series_groups(study_uid, series_uid) if study_uid else []
+        if not 1 <= number <= len(groups):
+            raise LoopError(
+                404, f"series {series_uid} has no acquisition group {number} ({len(groups)} groups)"
+            )
+        return groups[number - 1]
+
+    def check_loop(self, loop_id: str) -> None:
+        """404/409 for an id that is not a loop, before any work is started for it."""
+        if parse_group_id(loop_id) is not None:
+            self.group(loop_id)
+        else:
+            self.loop(loop_id)
+
+    def frame_source(self, loop_id: str) -> tuple[int, Callable[[int], bytes]]:
+        """(frame count, 0-based frame → JPEG) for a multi-frame loop or an acquisition group,
+        so the frame routes serve both the same way."""
+        if parse_group_id(loop_id) is not None:
+            group = self.group(loop_id)
+
+            def member_jpeg(frame: int) -> bytes:
+                if not 0 <= frame < len(group.members):
+                    raise LoopError(404, f"frame {frame + 1} is outside 1..{len(group.members)}")
+                member, header = group.members[frame]
+                try:
+                    return self.frame_jpeg(member, header, 0)
+                except FrameDecodeError as exc:  # name the image, not "frame 1" of it
+                    raise FrameDecodeError(f"frame {frame + 1} ({member.sop_instance_uid}): {exc}") from exc
+
+            return len(group.members), member_jpeg
+        instance, header = self.loop(loop_id)
+        return instance.number_of_frames, lambda frame: self.frame_jpeg(instance, header, frame)
 
     def regions(self, instance: StoredInstance, header: Dataset) -> list[UltrasoundRegion]:
         """Calibrated regions: SequenceOfUltrasoundRegions for ultrasound; for angiography the
@@ -133,6 +202,8 @@ class LoopLibrary:
     # -- JSON --------------------------------------------------------------------------------------
 
     def loop_info(self, sop_uid: str) -> dict[str, Any]:
+        if parse_group_id(sop_uid) is not None:
+            return self.group_info(sop_uid)
         instance, header = self.loop(sop_uid)
         timing = self.timing(instance, header)
         ecg = loop_ecg(header)
@@ -169,7 +240,47 @@ class LoopLibrary:
             "frames_url": None if video else f"{base}/frames",
         }
 
+    def group_info(self, loop_id: str) -> dict[str, Any]:
+        """The loop JSON of an acquisition group: the same keys as a multi-frame loop's, plus
+        the member images in play order. Single images carry no loop ECG here."""
+        group = self.group(loop_id)
+        first, header = group.members[0]
+        timing = group.timing
+        base = f"/cardiology/loops/{loop_id}"
+        return {
+            "sop_instance_uid": loop_id,
+            "study_instance_uid": first.study_instance_uid,
+            "series_instance_uid": first.series_instance_uid,
+            "sop_class_uid": first.sop_class_uid,
+            "rows": first.rows,
+            "columns": first.columns,
+            "number_of_frames": len(group.members),
+            "frame_times_ms": [round(t, 3) for t in timing.times_ms],
+            "frame_durations_ms": [round(d, 3) for d in timing.durations_ms],
+            "duration_ms": round(timing.duration_ms, 3),
+            "fps": round(timing.fps, 3),
+            "timing_source": timing.source,
+            "timing_warnings": list(timing.warnings),
+            "regions": [r.as_json() for r in self.regions(first, header)],
+            "ecg": {"present": False, "url": None, "lead": None, "r_waves_ms": []},
+            "view": str(header.get("ViewName", "")),
+            "stage": {"number": int(header.StageNumber), "name": str(header.get("StageName", ""))}
+            if "StageNumber" in header
+            else None,
+            "heart_rate": int(header.HeartRate) if header.get("HeartRate") else None,
+            "video": {"url": f"{base}.mp4", "status": self.video_status(loop_id), "encapsulated": False},
+            "frame_url": f"{base}/frames/{{n}}.jpg",
+            "frames_url": f"{base}/frames",
+            "group": {
+                "members": [m.sop_instance_uid for m, _ in group.members],
+                "acquisition_number": str(header.get("AcquisitionNumber", "") or ""),
+            },
+        }
+
     def ecg_info(self, sop_uid: str) -> dict[str, Any]:
+        if parse_group_id(sop_uid) is not None:
+            self.group(sop_uid)
+            raise LoopError(404, f"loop {sop_uid} carries no ECG")
         _, header = self.loop(sop_uid)
         ecg = loop_ecg(header)
         if ecg is None:
@@ -203,11 +314,58 @@ class LoopLibrary:
             "channels": [{"label": label, "samples_mv": np.round(v, 4).tolist()} for label, v in channels],
         }
 
-    def study_index(self, study_uid: str) -> dict[str, Any]:
-        """The study's loops (with stage/view for the stress layout) and ECG waveforms."""
-        loops, waveforms = [], []
-        for instance in self.archive.stored_instances(study_uid):
+    def first_loop_id(self, study_uid: str, series_uid: str) -> str:
+        """The loop the viewer shows first: the series' first loop, else the study's first."""
+        loops = self.study_index(study_uid)["loops"]
+        first = next(
+            (e for e in loops if e["series_instance_uid"] == series_uid), loops[0] if loops else None
+        )
+        if first is None:
+            raise LoopError(404, f"study {study_uid} has no loops")
+        return str(first["sop_instance_uid"])
+
+    def study_index(self, study_uid: str, series_uid: str = "") -> dict[str, Any]:
+        """The study's loops (with stage/view for the stress layout) and ECG waveforms; with
+        `series_uid`, also the loop JSON of the loop the viewer shows first (``first``), which
+        saves the viewer a round trip before frame 1."""
+        loops: list[dict[str, Any]] = []
+        waveforms: list[dict[str, Any]] = []
+        instances = self.archive.stored_instances(study_uid)
+        grouped: dict[str, AcquisitionGroup] = {}  # member SOP → its group
+        for still_series in dict.fromkeys(
+            i.series_instance_uid for i in instances if i.sop_class_uid == US_IMAGE
+        ):
+            items = [(i, self.headers.get(i)) for i in instances if i.series_instance_uid == still_series]
+            for group in acquisition_groups(still_series, items):
+                grouped.update((m.sop_instance_uid, group) for m, _ in group.members)
+        for instance in instances:
             header = self.headers.get(instance)
+            owner = grouped.get(instance.sop_instance_uid)
+            if owner is not None:
+                if owner.members[0][0].sop_instance_uid != instance.sop_instance_uid:
+                    continue  # the group is listed once, at its first image
+                entry_header = owner.members[0][1]
+                if is_cardiac_loop(
+                    US_IMAGE,
+                    str(entry_header.get("BodyPartExamined", "")),
+                    str(entry_header.get("SeriesDescription", "")),
+                ):
+                    loops.append(
+                        {
+                            "sop_instance_uid": owner.loop_id,
+                            "series_instance_uid": instance.series_instance_uid,
+                            "number_of_frames": len(owner.members),
+                            "group": True,
+                            "view": str(entry_header.get("ViewName", "")),
+                            "stage_number": int(entry_header.StageNumber)
+                            if "StageNumber" in entry_header
+                            else None,
+                            "stage_name": str(entry_header.get("StageName", "")),
+                            "series_number": int(entry_header.get("SeriesNumber", 0) or 0),
+                            "instance_number": int(entry_header.get("InstanceNumber", 0) or 0),
+                        }
+                    )
+                continue
             entry = {
                 "sop_instance_uid": instance.sop_instance_uid,
                 "series_instance_uid": instance.series_instance_uid,
@@ -228,7 +386,12 @@ class LoopLibrary:
                     instance_number=int(header.get("InstanceNumber", 0) or 0),
                 )
                 loops.append(entry)
-        return {"study_instance_uid": study_uid, "loops": loops, "waveforms": waveforms}
+        index: dict[str, Any] = {"study_instance_uid": study_uid, "loops": loops, "waveforms": waveforms}
+        if series_uid and loops:
+            first = next((e for e in loops if e["series_instance_uid"] == series_uid), loops[0])
+            with contextlib.suppress(LoopError):  # the viewer asks again and shows the problem in its cell
+                index["first"] = self.loop_info(str(first["sop_instance_uid"]))
+        return index
 
     # -- frames ------------------------------------------------------------------------------------
 
@@ -259,11 +422,21 @@ class LoopLibrary:
 
     # -- video -------------------------------------------------------------------------------------
 
+    def _video_stem(self, loop_id: str) -> str:
+        """File name of a loop's video; a group's carries a digest of its members, so an image
+        added to the acquisition later gives a new video instead of a stale one."""
+        parsed = parse_group_id(loop_id)
+        if parsed is None:
+            return loop_id
+        members = "\\".join(m.sop_instance_uid for m, _ in self.group(loop_id).members)
+        digest = hashlib.sha256(members.encode("ascii")).hexdigest()[:16]
+        return f"group-{parsed[0]}-{parsed[1]}-{digest}"
+
     def video_path(self, sop_uid: str) -> Path:
-        return self.video_dir / f"{sop_uid}.mp4"
+        return self.video_dir / f"{self._video_stem(sop_uid)}.mp4"
 
     def _error_path(self, sop_uid: str) -> Path:
-        return self.video_dir / f"{sop_uid}.error"
+        return self.video_dir / f"{self._video_stem(sop_uid)}.error"
 
     def video_status(self, sop_uid: str) -> str:
         if self.video_path(sop_uid).exists():
@@ -296,8 +469,14 @@ class LoopLibrary:
         if error.exists():
             raise VideoError(error.read_text(encoding="utf-8"))
         try:
-            instance, header = self.loop(sop_uid)
-            self.write_video(instance, header, path)
+            if parse_group_id(sop_uid) is not None:
+                group = self.group(sop_uid)
+                first, header = group.members[0]
+                frames = (self.display_frame(m, h, 0) for m, h in group.members)
+                self.write_video(first, header, path, frames=frames, timing=group.timing)
+            else:
+                instance, header = self.loop(sop_uid)
+                self.write_video(instance, header, path)
         except (VideoError, FrameDecodeError, LoopError, ValueError) as exc:
             error.write_text(str(exc), encoding="utf-8")
             log.warning("no video for %s: %s", sop_uid, exc)
@@ -310,9 +489,11 @@ class LoopLibrary:
         header: Dataset,
         path: Path,
         frames: Iterator[np.ndarray] | None = None,
+        timing: FrameTiming | None = None,
     ) -> VideoStats:
-        """Encode (or remux) to a temporary file beside `path`, then rename: never a half video."""
-        timing = self.timing(instance, header)
+        """Encode (or remux) to a temporary file beside `path`, then rename: never a half video.
+        `frames` and `timing` stand in for the instance's own (an acquisition group's images)."""
+        timing = timing or self.timing(instance, header)
         fd, temp = tempfile.mkstemp(dir=path.parent, suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:

@@ -10,6 +10,7 @@ from typing import Any
 from modules.cardiology.handlers import (
     EcgHandler,
     ExportHandler,
+    FirstFrameHandler,
     FrameHandler,
     FrameStreamHandler,
     LoopHandler,
@@ -84,15 +85,19 @@ class CardiologyModule:
             self.setup(ctx)
         kwargs = {"library": self.library}
         sop = r"([0-9.]+)"
+        # a loop is a multi-frame instance (its SOP Instance UID) or an acquisition group of
+        # single-frame images (group/{SeriesInstanceUID}/{n}); the same routes serve both
+        loop = r"((?:group/[0-9.]+/[0-9]+)|[0-9.]+)"
         return [
-            RouteSpec(rf"loops/{sop}\.mp4", VideoHandler, kwargs),
+            RouteSpec(rf"loops/{loop}\.mp4", VideoHandler, kwargs),
             RouteSpec(rf"loops/{sop}/export\.mp4", ExportHandler, kwargs),
-            RouteSpec(rf"loops/{sop}/frames/([0-9]+)\.jpg", FrameHandler, kwargs),
-            RouteSpec(rf"loops/{sop}/frames", FrameStreamHandler, kwargs),
-            RouteSpec(rf"loops/{sop}/ecg", EcgHandler, kwargs),
-            RouteSpec(rf"loops/{sop}", LoopHandler, kwargs),
+            RouteSpec(rf"loops/{loop}/frames/([0-9]+)\.jpg", FrameHandler, kwargs),
+            RouteSpec(rf"loops/{loop}/frames", FrameStreamHandler, kwargs),
+            RouteSpec(rf"loops/{loop}/ecg", EcgHandler, kwargs),
+            RouteSpec(rf"loops/{loop}", LoopHandler, kwargs),
             RouteSpec(rf"waveforms/{sop}", WaveformHandler, kwargs),
             RouteSpec(rf"studies/{sop}/loops", StudyIndexHandler, kwargs),
+            RouteSpec(rf"studies/{sop}/series/{sop}/first-frame\.jpg", FirstFrameHandler, kwargs),
             RouteSpec(rf"studies/{sop}/measurements", MeasurementsHandler, kwargs),
             RouteSpec(rf"studies/{sop}/measurements/sr", MeasurementsSRHandler, kwargs),
         ]

@@ -62,6 +62,14 @@ async function readParts(response, onPart) {
   }
 }
 
+/**
+ * The URL of a loop: a SOP Instance UID, or `group/{SeriesInstanceUID}/{n}` for single-frame
+ * images of one acquisition; each path segment is encoded, the slashes stay.
+ */
+export function loopPath(id) {
+  return `/cardiology/loops/${String(id).split("/").map(encodeURIComponent).join("/")}`;
+}
+
 export class Loop {
   constructor(info) {
     this.info = info;
@@ -73,15 +81,29 @@ export class Loop {
     this.onFrame = () => {};
   }
 
-  /** Timing JSON and the frame stream are asked for at once: one round trip to frame 1. */
-  static async open(sop) {
-    const base = `/cardiology/loops/${encodeURIComponent(sop)}`;
-    const frames = fetch(`${base}/frames`);
+  /**
+   * Timing JSON and the frame stream are asked for at once: one round trip to frame 1.
+   * `early` holds what boot.js and the study index already brought, when they did: `info`
+   * (the loop JSON), `frames` (the stream's response) and `frame1` (a decoded image).
+   */
+  static async open(sop, early = null) {
+    const base = loopPath(sop);
+    const frames = early && early.frames ? early.frames : fetch(`${base}/frames`);
     frames.catch(() => {});
-    const response = await fetch(base);
-    if (!response.ok) throw await problemFrom(response);
-    const loop = new Loop(await response.json());
+    let info = early && early.info;
+    if (!info) {
+      const response = await fetch(base);
+      if (!response.ok) throw await problemFrom(response);
+      info = await response.json();
+    }
+    const loop = new Loop(info);
+    performance.mark("cardiology:loop-info");
     loop.framesResponse = frames;
+    if (early && early.frame1) {
+      early.frame1.then((bitmap) => {
+        if (bitmap) loop.setFrame(0, bitmap);
+      });
+    }
     return loop;
   }
 
@@ -96,9 +118,7 @@ export class Loop {
     const inflight = new Set();
     await readParts(response, async (i, bytes) => {
       const decoding = createImageBitmap(new Blob([bytes], { type: "image/jpeg" })).then((bitmap) => {
-        this.frames[i] = bitmap;
-        this.loaded += 1;
-        this.onFrame(i);
+        this.setFrame(i, bitmap);
         inflight.delete(decoding);
       });
       inflight.add(decoding);
@@ -106,6 +126,18 @@ export class Loop {
     });
     await Promise.all(inflight);
     if (this.loaded < this.frames.length) throw new Error(`only ${this.loaded} of ${this.frames.length} frames arrived`);
+  }
+
+  /** Keep a decoded frame; frame 1 may come twice (boot.js's early copy and the stream's). */
+  setFrame(i, bitmap) {
+    if (this.frames[i]) {
+      if (bitmap.close) bitmap.close(); // an ImageBitmap; boot.js's frame 1 is an <img>
+      return;
+    }
+    this.frames[i] = bitmap;
+    if (i === 0) performance.mark("cardiology:frame1-decoded");
+    this.loaded += 1;
+    this.onFrame(i);
   }
 
   async loadEcg() {

@@ -4,7 +4,7 @@
 
 import { describeError, el } from "/static/js/dicomweb.js";
 import { bindKeys } from "/static/js/keyboard.js";
-import { Clock, Loop } from "./player.js";
+import { Clock, Loop, loopPath } from "./player.js";
 import { area, distance, formatValue, lvVolumes, toMillimetres } from "./measure.js";
 
 const params = new URLSearchParams(location.search);
@@ -24,6 +24,9 @@ let measurements = [];
 let nextId = 1;
 let autoplay = false;
 const testState = { firstFrameMs: null };
+// what boot.js asked for before this module graph had loaded (absent if it has not run)
+const boot = window.__cardiologyBoot && window.__cardiologyBoot.study === study ? window.__cardiologyBoot : null;
+if (!window.__cardiologyBoot) window.__cardiologyBoot = { late: true }; // boot.js, arriving after us, does nothing
 
 function status(text, isError = false) {
   const node = $("status");
@@ -31,11 +34,21 @@ function status(text, isError = false) {
   node.classList.toggle("error", isError);
 }
 
+/** What boot.js and the study index already hold for a loop (used once), or null. */
+function earlyOf(sop) {
+  const early = { ...(boot ? boot.take(sop) : null) };
+  if (index.first && index.first.sop_instance_uid === sop) {
+    early.info = index.first;
+    delete index.first;
+  }
+  return Object.keys(early).length ? early : null;
+}
+
 function getLoop(sop) {
   if (!loops.has(sop)) {
     loops.set(
       sop,
-      Loop.open(sop).then((loop) => {
+      Loop.open(sop, earlyOf(sop)).then((loop) => {
         loop.load().catch((error) => {
           loop.error = describeError(error);
           status(`Loop ${sop}: ${loop.error}`, true);
@@ -507,7 +520,7 @@ async function exportVideo() {
   try {
     const sop = cell.entry.sop_instance_uid;
     const body = { measurements: payload().measurements.filter((m) => m.sop_instance_uid === sop) };
-    const blob = await (await send(`/cardiology/loops/${encodeURIComponent(sop)}/export.mp4`, "POST", body)).blob();
+    const blob = await (await send(`${loopPath(sop)}/export.mp4`, "POST", body)).blob();
     const link = $("video-link");
     link.href = URL.createObjectURL(blob);
     link.download = `loop-${sop}.mp4`;
@@ -536,12 +549,16 @@ async function loadSaved() {
 
 async function start() {
   $("export-json").href = `/cardiology/studies/${encodeURIComponent(study)}/measurements?download=1`;
-  const response = await fetch(`/cardiology/studies/${encodeURIComponent(study)}/loops`);
+  const indexUrl = `/cardiology/studies/${encodeURIComponent(study)}/loops?series=${encodeURIComponent(focusSeries)}`;
+  let response = boot ? await boot.index.catch(() => null) : null;
+  if (response) await boot.ready; // the first loop's stream is asked for once, by boot.js
+  if (!response || response.status === 401) response = await fetch(indexUrl);
   if (!response.ok) {
     status(`This study cannot be opened (HTTP ${response.status})`, true);
     return;
   }
   index = await response.json();
+  performance.mark("cardiology:index");
   const seriesLoops = index.loops.filter((e) => e.series_instance_uid === focusSeries);
   const seriesWaves = index.waveforms.filter((e) => e.series_instance_uid === focusSeries);
   if (!index.loops.length || (focusSeries && !seriesLoops.length && seriesWaves.length)) {
