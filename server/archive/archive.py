@@ -292,19 +292,25 @@ class Archive:
             )
             return [o or failure for o in outcomes]
         events: list[InstanceStored] = []
+        # Everything CPU-bound happens before the transaction: on SQLite the write lock is held
+        # from the first INSERT to the commit, and other processes wait for it.
+        headers = [parsed.header_json() for _, parsed, _, _ in ready]
+        sizes = [path.stat().st_size for path in placed]
         try:
             with self.sessions() as session:
-                batch: list[tuple[int, StoreOutcome]] = []
-                for (position, parsed, _, digest), path in zip(ready, placed, strict=True):
-                    ids = _ids(parsed.dataset)
-                    known = session.execute(
-                        select(Instance.blob_sha256).where(
-                            Instance.sop_instance_uid == ids["sop_instance_uid"]
-                        )
+                uids = [str(p.dataset.SOPInstanceUID) for _, p, _, _ in ready]
+                known = any(
+                    session.scalars(
+                        select(Instance.id).where(Instance.sop_instance_uid.in_(uids[i : i + 500])).limit(1)
                     ).first()
-                    if known is not None:
-                        raise _FallBack  # duplicates and replacements take the careful path
-                    self._index(session, parsed, digest, path.stat().st_size, parsed.header_json(), None)
+                    for i in range(0, len(uids), 500)
+                )
+                if known:
+                    raise _FallBack  # duplicates and replacements take the careful path
+                batch: list[tuple[int, StoreOutcome]] = []
+                for (position, parsed, _, digest), header, size in zip(ready, headers, sizes, strict=True):
+                    ids = _ids(parsed.dataset)
+                    self._index(session, parsed, digest, size, header, None)
                     batch.append((position, StoreOutcome(StoreStatus.STORED, **ids)))
                     events.append(_event(parsed))
                 session.commit()
