@@ -37,8 +37,9 @@ def wait_http(url: str, timeout: float = 30) -> None:
 
 class TesseraProcess:
     def __init__(
-        self, data_dir: Path, database_url: str = "", processes: int = 1, dicom: bool = False
+        self, data_dir: Path, database_url: str = "", processes: int = 0, dicom: bool = False
     ) -> None:
+        """``processes`` 0: one HTTP process per core, as `tessera serve` runs by default."""
         self.port = free_port()
         self.dicom_port = free_port()
         env = {
