@@ -4,7 +4,8 @@ The GeoJSON collection stays the working copy the viewer edits; each save also s
 ANN instance (highdicom) in an "Annotations" series of the slide's study, so any DICOMweb
 viewer (Slim, OHIF) sees the same shapes. Coordinates are 2D total-pixel-matrix positions
 of the slide's base level, the same level-0 pixels the GeoJSON holds. Every save is a new
-instance (content-derived SOP Instance UID, higher Instance Number): the latest one wins.
+instance (SOP Instance UID derived from content and time, higher Instance Number): the latest
+one wins.
 """
 
 from __future__ import annotations
@@ -63,13 +64,15 @@ def annotations_dataset(collection: dict[str, Any], source: Dataset) -> Dataset 
         annotation_groups=annotation_groups,
         series_instance_uid=uid_from("annotations", source.SeriesInstanceUID),
         series_number=int(source.get("SeriesNumber", 1) or 1) + 1000,
-        sop_instance_uid=uid_from("annotations", source.SeriesInstanceUID, content),
+        # a new instance per save (the content date and time differ), derived from content and moment
+        sop_instance_uid=uid_from("annotations", source.SeriesInstanceUID, content, time.time_ns()),
         instance_number=int(time.time()) % 2**31,
         manufacturer="Tessera",
         manufacturer_model_name="Tessera pathology viewer",
         software_versions="1",
         device_serial_number="1",
         content_description="Slide annotations",
+        series_description="Slide annotations",
         content_label="ANNOTATIONS",
     )
 

@@ -14,7 +14,9 @@ import re
 from typing import Any
 
 from modules.pathology.alignment import AlignmentError, AlignmentStore, validate_alignment
+from modules.pathology.annotation_readback import DicomAnnotationReader, slide_frame
 from modules.pathology.annotations import AnnotationError, AnnotationStore, validate_collection
+from modules.pathology.color import COLOR_CHOICES, QUALITY, SRGB, ColorTransform, NoColorProfile
 from modules.pathology.slides import NoSuchView, NotASlide, Slide, SlideLibrary, is_uid
 from server.context import ServerContext
 from server.tiles import CachedTile, DeepZoom, TileCache
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 PLANE = re.compile(r"\d{1,4}")
 MAX_PATH_IDENTIFIER = 64  # OpticalPathIdentifier is an SH (16 characters); leave room, refuse junk
 MAX_ANNOTATION_BYTES = 8 * 1024**2
+ARCHIVE_CHOICES = ("", "1", "true", "ann", "sr")
 
 
 class SlideHandler(BaseHandler):
@@ -62,6 +65,27 @@ class SlideHandler(BaseHandler):
             raise ProblemError(400, "the optical path identifier is too long")
         return path, int(plane)
 
+    def wants_srgb(self) -> bool:
+        """``?color=srgb``: colour-managed tiles; absent or ``stored``: the pixels as stored."""
+        if "color" not in self.request.query_arguments:
+            return False  # the common case, checked without decoding arguments
+        color = self.get_query_argument("color", "")
+        if color not in COLOR_CHOICES:
+            raise ProblemError(400, f"color={color[:20]!r}: expected stored or srgb")
+        return color == SRGB
+
+    async def color_managed(self, slide: Slide, deepzoom: DeepZoom) -> DeepZoom:
+        """The colour-managed twin of a view; 404 when the slide has no ICC profile to convert from."""
+        found = slide.color.cached_view(deepzoom)
+        if found is not None:
+            return found
+        try:
+            return await self.run_blocking(slide.color_view, deepzoom)
+        except NoColorProfile as exc:
+            raise ProblemError(
+                404, f"slide {slide.series_instance_uid}: {exc}; only color=stored exists"
+            ) from exc
+
     async def view(self, slide: Slide, path: str | None, plane: int) -> DeepZoom:
         """The DZI of the selected path and plane; 404 when the slide has no such view."""
         deepzoom = slide.cached_view(path, plane)
@@ -76,8 +100,12 @@ class SlideHandler(BaseHandler):
 class DziHandler(SlideHandler):
     async def get(self, series_uid: str) -> None:
         selection = self.selection()
+        srgb = self.wants_srgb()
         slide = await self.slide(series_uid, revalidate=True)
-        body = (await self.view(slide, *selection)).descriptor().encode()
+        deepzoom = await self.view(slide, *selection)
+        if srgb:
+            deepzoom = await self.color_managed(slide, deepzoom)
+        body = deepzoom.descriptor().encode()
         finish_cached(self, body, "application/xml; charset=utf-8", CachedTile.of(body, "").etag, REVALIDATE)
 
 
@@ -90,6 +118,8 @@ class TileHandler(SlideHandler):
         if version and version != deepzoom.source.identity:  # this process may hold an older pyramid
             slide = await self.slide(series_uid, revalidate=True)
             deepzoom = await self.view(slide, *selection)
+        if self.wants_srgb():  # a tile variant of its own: own cache key (identity) and bytes (ETag)
+            deepzoom = await self.color_managed(slide, deepzoom)
         address = tile_address(level, name)
         # Immutable only under the URL of this exact pyramid version (?v= from the descriptor);
         # anything else may change when instances arrive, so browsers revalidate (a cheap 304).
@@ -107,22 +137,35 @@ class InfoHandler(SlideHandler):
 
 class AssociatedImageHandler(SlideHandler):
     async def get(self, series_uid: str, kind: str) -> None:
+        srgb = self.wants_srgb()
         slide = await self.slide(series_uid)
         if kind not in slide.source.associated:
             raise ProblemError(404, f"slide {series_uid} has no {kind[:20]} image")
-        key = (slide.source.identity, "associated", kind)
+        key = (slide.source.identity, "associated", kind, SRGB if srgb else "")
         tile = self.cache.get(key)
         if tile is None:
-            tile = await self.run_blocking(self._produce, slide, kind)
+            try:
+                tile = await self.run_blocking(self._produce, slide, kind, srgb)
+            except NoColorProfile as exc:
+                raise ProblemError(404, f"slide {series_uid}: {exc}; only color=stored exists") from exc
             self.cache.put(key, tile)
         finish_cached(self, tile.data, tile.media_type, tile.etag)
 
     @staticmethod
-    def _produce(slide: Slide, kind: str) -> CachedTile:
-        stored = slide.source.associated_encoded(kind)
-        if stored is not None:
-            return CachedTile.of(stored.data, stored.media_type)
-        return CachedTile.of(encode_jpeg(slide.source.associated_image(kind), 90), "image/jpeg")
+    def _produce(slide: Slide, kind: str, srgb: bool) -> CachedTile:
+        if not srgb:
+            stored = slide.source.associated_encoded(kind)
+            if stored is not None:
+                return CachedTile.of(stored.data, stored.media_type)
+            return CachedTile.of(encode_jpeg(slide.source.associated_image(kind), 90), "image/jpeg")
+        # the label's or overview's own profile (another camera took it), else the slide's
+        transform: ColorTransform
+        try:
+            transform = slide.color.transform(slide.source.associated[kind], None)
+        except NoColorProfile:
+            transform = slide.color.transform(slide.source.base, slide.source.default_path)
+        image = transform.apply(slide.source.associated_image(kind))
+        return CachedTile.of(encode_jpeg(image, QUALITY), "image/jpeg")
 
 
 class StudySlidesHandler(SlideHandler):
@@ -160,27 +203,43 @@ class AnnotationsHandler(SlideHandler):
         slide = await self.slide(series_uid)
         if len(self.request.body) > MAX_ANNOTATION_BYTES:
             raise ProblemError(413, f"annotations are limited to {MAX_ANNOTATION_BYTES // 1024**2} MB")
+        archive = self.get_query_argument("archive", "")
+        if archive not in ARCHIVE_CHOICES:
+            raise ProblemError(400, f"archive={archive[:20]!r}: expected one of 1, ann, sr (or nothing)")
         try:
             collection = validate_collection(json.loads(self.request.body or b"null"))
         except (ValueError, AnnotationError) as exc:
             raise ProblemError(400, f"not an annotation FeatureCollection: {exc}") from exc
         await self.run_blocking(self.store.save, slide.series_instance_uid, collection)
-        if self.get_query_argument("archive", "") not in ("1", "true"):
+        if not archive:
             self.write_json(collection, "application/geo+json")
             return
-        # ?archive=1: also a DICOM instance (the viewer auto-saves GeoJSON, and archives on request)
-        stored = await self.run_blocking(self._store_dicom, slide, collection)
-        self.write_json({**collection, "dicom": stored}, "application/geo+json")
+        # ?archive=: also DICOM (the viewer auto-saves GeoJSON, and archives on request):
+        # 1/true both objects, ann the bulk annotations only, sr the measurement report only
+        header = slide.source.base.instance.sop_instance_uid
+        answer: dict[str, Any] = dict(collection)
+        if archive != "sr":
+            answer["dicom"] = await self.run_blocking(self._store_dicom, slide, collection, header, "ann")
+        if archive != "ann":
+            answer["report"] = await self.run_blocking(self._store_dicom, slide, collection, header, "sr")
+        self.write_json(answer, "application/geo+json")
 
-    def _store_dicom(self, slide: Slide, collection: dict[str, Any]) -> dict[str, Any] | None:
-        """Also into the archive as Microscopy Bulk Simple Annotations; the GeoJSON is kept either way."""
-        base = slide.source.base.instance.sop_instance_uid
+    def _store_dicom(
+        self, slide: Slide, collection: dict[str, Any], base: str, kind: str
+    ) -> dict[str, Any] | None:
+        """Into the archive as Microscopy Bulk Simple Annotations (``ann``) or a TID 1500 measurement
+        report (``sr``); the GeoJSON is kept either way. None when there is nothing to store."""
         try:
-            from modules.pathology.dicom_annotations import annotations_bytes
+            if kind == "ann":
+                from modules.pathology.dicom_annotations import annotations_bytes as to_bytes
+            else:
+                from modules.pathology.measurement_report import report_bytes as to_bytes
 
-            data = annotations_bytes(collection, self.ctx.archive.headers([base])[base])
-        except Exception as exc:  # highdicom missing or refusing: the annotations are saved regardless
-            log.warning("annotations of %s not written as DICOM: %s", slide.series_instance_uid, exc)
+            data = to_bytes(collection, self.ctx.archive.headers([base])[base])
+        except (
+            Exception
+        ) as exc:  # highdicom refusing (or no slide geometry): the annotations are saved regardless
+            log.warning("annotations of %s not written as DICOM %s: %s", slide.series_instance_uid, kind, exc)
             return {"stored": False, "reason": str(exc)[:200]}
         if data is None:
             return None
@@ -191,6 +250,30 @@ class AnnotationsHandler(SlideHandler):
             "SOPInstanceUID": outcome.sop_instance_uid,
             "reason": outcome.reason,
         }
+
+
+class DicomAnnotationsHandler(SlideHandler):
+    """GET: every DICOM annotation object in the archive that references the slide (bulk annotations
+    and TID 1500 reports, ours or another tool's) as read-only GeoJSON in level-0 pixels."""
+
+    reader: DicomAnnotationReader
+
+    def initialize(  # type: ignore[override]
+        self, ctx: ServerContext, library: SlideLibrary, cache: TileCache, reader: DicomAnnotationReader
+    ) -> None:
+        super().initialize(ctx, library, cache)
+        self.reader = reader
+
+    async def get(self, series_uid: str) -> None:
+        slide = await self.slide(series_uid, revalidate=True)
+        collection = await self.run_blocking(self._read, slide)
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(collection, "application/geo+json")
+
+    def _read(self, slide: Slide) -> dict[str, Any]:
+        sizes = [(h.instance.sop_instance_uid, h.total_columns, h.total_rows) for h in slide.source.headers]
+        frame = slide_frame(self.ctx.archive, slide.source.base.instance.sop_instance_uid, sizes)
+        return self.reader.read(slide.study_instance_uid, frame)
 
 
 class AlignmentHandler(SlideHandler):

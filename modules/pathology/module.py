@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from modules.pathology.alignment import AlignmentStore
+from modules.pathology.annotation_readback import DicomAnnotationReader
 from modules.pathology.annotations import AnnotationStore
 from modules.pathology.dicom_source import VL_WHOLE_SLIDE_MICROSCOPY_IMAGE_STORAGE
 from modules.pathology.handlers import (
     AlignmentHandler,
     AnnotationsHandler,
     AssociatedImageHandler,
+    DicomAnnotationsHandler,
     DziHandler,
     InfoHandler,
     StudySlidesHandler,
@@ -61,6 +63,11 @@ class PathologyModule:
                 r"slides/([^/]+)/annotations",
                 AnnotationsHandler,
                 {**kwargs, "store": AnnotationStore(derived / "annotations")},
+            ),
+            RouteSpec(
+                r"slides/([^/]+)/dicom-annotations",
+                DicomAnnotationsHandler,
+                {**kwargs, "reader": DicomAnnotationReader(ctx.archive)},
             ),
             RouteSpec(
                 r"slides/([^/]+)/alignments/([^/]+)",

@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy import select
 
+from modules.pathology.color import ColorManagedDeepZoom, SlideColor, describe, stored_profile
 from modules.pathology.dicom_source import ASSOCIATED_KINDS, DicomWsiSource, NoSuchView, NotASlide, WsiHeader
 from server.archive.archive import Archive
 from server.archive.models import Series, Study
@@ -38,6 +39,7 @@ class Slide:
     # (optical path, focal plane) → its Deep Zoom view, built on first request
     _views: dict[tuple[str, int], DeepZoom] = field(default_factory=dict, repr=False)
     _views_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    color: SlideColor = field(default_factory=SlideColor, repr=False)
 
     @property
     def version(self) -> str:
@@ -69,6 +71,15 @@ class Slide:
                 self._views[key] = DeepZoom(source)
             return self._views[key]
 
+    def color_view(self, deepzoom: DeepZoom) -> ColorManagedDeepZoom:
+        """Blocking the first time: a view's tiles converted from the optical path's ICC profile to sRGB.
+
+        Raises NoColorProfile when the path carries no usable profile.
+        """
+        source = deepzoom.source
+        assert isinstance(source, DicomWsiSource)
+        return self.color.view(deepzoom, source.base, source.optical_path)
+
     def dzi_url(self, prefix: str = "/pathology", path: str | None = None, plane: int = 0) -> str:
         if self.is_default_view(path, plane):
             return f"{prefix}/slides/{self.series_instance_uid}.dzi?v={self.version}"
@@ -80,7 +91,19 @@ class Slide:
         source = self.source
         base = source.base.attributes
         mpp = source.mpp
-        paths = source.optical_paths
+        # every path with whether it carries an ICC profile (the viewer offers colour management then)
+        profiles = {
+            p["identifier"]: stored_profile(source.base, p["identifier"]) for p in source.optical_paths
+        }
+        paths = [
+            {
+                **p,
+                "icc_profile": bool(profiles[p["identifier"]]),
+                "icc_profile_description": describe(profiles[p["identifier"]]),
+            }
+            for p in source.optical_paths
+        ]
+        default_profile = stored_profile(source.base, source.default_path)
         return {
             "SeriesInstanceUID": self.series_instance_uid,
             "StudyInstanceUID": self.study_instance_uid,
@@ -106,6 +129,10 @@ class Slide:
             "optical_paths": paths,
             "focal_planes": source.focal_planes,
             "tiled_optical_path": source.default_path,
+            # colour: tiles as stored, or (``color=srgb`` on DZI, tile and associated image URLs)
+            # converted from this ICC profile to sRGB
+            "icc_profile": bool(default_profile),
+            "icc_profile_description": describe(default_profile),
             # every optical path × focal plane as its own Deep Zoom image (the default first)
             "views": [
                 {"optical_path": path, "focal_plane": plane, "dzi": self.dzi_url(prefix, path, plane)}
@@ -118,6 +145,7 @@ class Slide:
                 "levels": self.deepzoom.level_count,
             },
             "annotations": f"{prefix}/slides/{self.series_instance_uid}/annotations",
+            "dicom_annotations": f"{prefix}/slides/{self.series_instance_uid}/dicom-annotations",
             "associated_images": {
                 kind: f"{prefix}/slides/{self.series_instance_uid}/associated/{kind}.jpeg?v={self.version}"
                 for kind in source.associated

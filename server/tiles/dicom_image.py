@@ -21,7 +21,9 @@ Usage (blocking calls: run them in an executor)::
 window preset (with VOILUTFunction linear / sigmoid), else the full range. A built
 pyramid is published by renaming a finished temporary folder, under a per-pyramid lock
 (a thread lock plus an ``flock`` for other processes), so concurrent first requests
-build it once and a crash never leaves a half-written pyramid behind.
+build it once and a crash never leaves a half-written pyramid behind. With an object store
+(``blob_store_url``) a built pyramid is uploaded before that rename, and a process that lacks
+one downloads it whole before it would build it; tiles are always read from local files.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from server.tiles.source import EncodedTile, Level, SourceUnreadable, TileNotFou
 
 if TYPE_CHECKING:
     from server.archive.archive import StoredInstance
+    from server.archive.objectstore import BlobMirror
     from server.context import ServerContext
 
 log = logging.getLogger(__name__)
@@ -152,13 +155,15 @@ def build_pyramid(instance: StoredInstance, header: Dataset, target: Path) -> No
 class PyramidStore:
     """Built pyramids on disk (built once, atomically) and the open ones in memory (an LRU)."""
 
-    def __init__(self, root: Path, capacity: int = 64) -> None:
+    def __init__(self, root: Path, capacity: int = 64, mirror: BlobMirror | None = None) -> None:
         self.root = root
         self.capacity = capacity
+        self.mirror = mirror  # an object store: pyramids built elsewhere are fetched, ours published
         self._open: OrderedDict[str, Pyramid] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.builds = 0  # how many pyramids this process built (tests check "built once")
+        self.fetches = 0  # how many it fetched whole from the object store instead
 
     def key_of(self, instance: StoredInstance) -> str:
         # The blob digest is part of the key: a replaced instance never reuses the old pyramid.
@@ -201,7 +206,15 @@ class PyramidStore:
                     return
                 temp = self.root / f".tmp-{final.stem}-{uuid.uuid4().hex[:8]}"
                 try:
+                    name = f"pyramids/{final.name}"  # its key under the object store's derived/
+                    if self.mirror is not None and self.mirror.fetch_product_folder(name, temp):
+                        os.rename(temp, final)
+                        self.fetches += 1
+                        log.info("fetched pyramid %s", final.name)
+                        return
                     build_pyramid(instance, header, temp)
+                    if self.mirror is not None:
+                        self.mirror.publish_product_folder(name, temp)  # before the rename, as blobs
                     os.rename(temp, final)
                     self.builds += 1
                     log.info("built pyramid %s", final.name)
@@ -343,7 +356,8 @@ class WindowedImage:
 def _store_of(ctx: ServerContext) -> PyramidStore:
     store = ctx.extras.get(_EXTRAS_KEY)
     if not isinstance(store, PyramidStore):
-        store = ctx.extras.setdefault(_EXTRAS_KEY, PyramidStore(ctx.settings.derived_dir / "pyramids"))
+        root = ctx.settings.derived_dir / "pyramids"
+        store = ctx.extras.setdefault(_EXTRAS_KEY, PyramidStore(root, mirror=ctx.archive.blobs.mirror))
     assert isinstance(store, PyramidStore)
     return store
 

@@ -17,6 +17,8 @@ const state = {
   features: [],
   tilesDrawn: 0,
   view: null, // { optical_path, focal_plane, dzi }: what the viewer shows of the slide
+  dicom: { features: [], sources: [], hidden: new Set(), shown: true }, // read-only layer from the archive
+  color: 'stored', // 'srgb': tiles converted from the slide's ICC profile (a separate tile variant)
 };
 const PRESETS = [2.5, 5, 10, 20, 40];
 const SVG = 'http://www.w3.org/2000/svg';
@@ -330,7 +332,8 @@ async function saveFeatures(body = toGeoJson(), archive = false) {
   const series = state.series;
   $('save-state').textContent = 'Saving…';
   try {
-    const response = await fetch(`${annotationsUrl()}${archive ? '?archive=1' : ''}`, {
+    const query = archive ? `?archive=${encodeURIComponent($('archive-as').value)}` : '';
+    const response = await fetch(`${annotationsUrl()}${query}`, {
       method: 'PUT',
       headers: { 'Content-Type': 'application/geo+json' },
       body: JSON.stringify(body),
@@ -341,9 +344,14 @@ async function saveFeatures(body = toGeoJson(), archive = false) {
     state.features = fromGeoJson(saved);
     $('save-state').textContent = `Saved ${state.features.length} annotation(s)`;
     if (archive) {
-      $('save-state').textContent = saved.dicom && saved.dicom.stored
-        ? `Stored in the archive as DICOM (series ${saved.dicom.SeriesInstanceUID})`
-        : `Saved, but not stored as DICOM: ${(saved.dicom && saved.dicom.reason) || 'nothing to store'}`;
+      const outcomes = [['annotations', saved.dicom], ['measurement report', saved.report]].filter(([, o]) => o);
+      const stored = outcomes.filter(([, o]) => o.stored);
+      const failed = outcomes.filter(([, o]) => !o.stored).map(([name, o]) => `${name}: ${o.reason}`);
+      $('save-state').textContent = stored.length
+        ? `Stored in the archive as DICOM: ${stored.map(([name]) => name).join(' and ')}`
+        : `Saved, but not stored as DICOM: ${failed.join('; ') || 'nothing to store'}`;
+      $('save-state').title = stored.map(([name, o]) => `${name}: series ${o.SeriesInstanceUID}`).join('\n');
+      loadDicomAnnotations();
     }
     listFeatures();
     drawOverlay();
@@ -370,6 +378,127 @@ async function importFile(file) {
   } catch (error) {
     $('save-state').textContent = `Import failed: ${error.message}`;
   }
+}
+
+// -- DICOM annotations: read-only layer of the archive's ANN objects and measurement reports ---------
+
+const SOURCE_COLORS = ['#5fb3ff', '#ff7ad9', '#7dff9a', '#ffa24d', '#c59bff', '#4de1ff'];
+const KIND_LABELS = { annotations: 'Bulk annotations', 'measurement-report': 'Measurement report' };
+
+function sourceColor(index) {
+  return SOURCE_COLORS[index % SOURCE_COLORS.length];
+}
+
+function formatDicomDate(date) {
+  return date && date.length === 8 ? `${date.slice(0, 4)}-${date.slice(4, 6)}-${date.slice(6)}` : date || '';
+}
+
+function formatMeasurement(m) {
+  if (m.unit === 'um') return formatLength(m.value);
+  if (m.unit === 'mm2') return formatArea(m.value * 1e6);
+  return `${m.value} ${m.unit}`;
+}
+
+/** GeoJSON geometry → lists of level-0 points, each drawn as one shape. */
+function dicomShapes(geometry) {
+  const toPoint = ([x, y]) => ({ x, y });
+  if (geometry.type === 'Point') return [{ kind: 'point', points: [toPoint(geometry.coordinates)] }];
+  if (geometry.type === 'MultiPoint') return geometry.coordinates.map((c) => ({ kind: 'point', points: [toPoint(c)] }));
+  if (geometry.type === 'LineString') return [{ kind: 'line', points: geometry.coordinates.map(toPoint) }];
+  if (geometry.type === 'Polygon') return [{ kind: 'polygon', points: geometry.coordinates[0].slice(0, -1).map(toPoint) }];
+  return [];
+}
+
+function listDicomSources() {
+  const layer = state.dicom;
+  $('dicom-sources').replaceChildren(
+    ...layer.sources.map((source, index) => {
+      const item = document.createElement('li');
+      const label = document.createElement('label');
+      const box = document.createElement('input');
+      box.type = 'checkbox';
+      box.checked = !layer.hidden.has(index);
+      box.addEventListener('change', () => {
+        if (box.checked) layer.hidden.delete(index);
+        else layer.hidden.add(index);
+        drawDicomOverlay();
+      });
+      const swatch = document.createElement('span');
+      swatch.className = 'swatch';
+      swatch.style.backgroundColor = sourceColor(index);
+      const text = document.createElement('span');
+      const title = source.series_description || source.content_label || KIND_LABELS[source.kind] || source.kind;
+      const details = [KIND_LABELS[source.kind], source.manufacturer, formatDicomDate(source.content_date), `${source.features} shape(s)`];
+      text.textContent = `${title} — ${details.filter(Boolean).join(' · ')}`;
+      label.append(box, swatch, text);
+      item.append(label);
+      if (source.error) {
+        const error = document.createElement('span');
+        error.className = 'error';
+        error.textContent = `Not shown: ${source.error}`;
+        item.append(error);
+      }
+      return item;
+    }),
+  );
+}
+
+async function loadDicomAnnotations() {
+  const series = state.series;
+  try {
+    const collection = await fetchJson(state.info.dicom_annotations);
+    if (series !== state.series) return;
+    state.dicom.features = collection.features;
+    state.dicom.sources = collection.sources;
+    state.dicom.hidden = new Set();
+    $('dicom-state').textContent = collection.sources.length ? '' : 'None in the archive for this slide';
+  } catch (error) {
+    state.dicom.features = [];
+    state.dicom.sources = [];
+    $('dicom-state').textContent = `DICOM annotations: ${error.message}`;
+  }
+  document.body.dataset.dicomShapes = String(state.dicom.features.length);
+  listDicomSources();
+  drawDicomOverlay();
+}
+
+function drawDicomOverlay() {
+  const svg = $('dicom-overlay');
+  const layer = state.dicom;
+  if (!state.viewer || !state.viewer.world.getItemCount() || !layer.shown) {
+    svg.replaceChildren();
+    return;
+  }
+  const shapes = [];
+  for (const feature of layer.features) {
+    const { source, label, measurements } = feature.properties;
+    if (layer.hidden.has(source)) continue;
+    const color = sourceColor(source);
+    for (const shape of dicomShapes(feature.geometry)) {
+      const screen = shape.points.map(screenPoint);
+      if (shape.kind === 'point') {
+        shapes.push(svgElement('circle', { cx: screen[0].x, cy: screen[0].y, r: 5, fill: 'none', stroke: color, 'stroke-width': 2 }));
+      } else {
+        const closed = shape.kind === 'polygon';
+        shapes.push(
+          svgElement(closed ? 'polygon' : 'polyline', {
+            points: screen.map((p) => `${p.x.toFixed(1)},${p.y.toFixed(1)}`).join(' '),
+            class: closed ? 'dicom' : 'dicom-open',
+            stroke: color,
+            fill: color,
+          }),
+        );
+      }
+      const text = [label, ...(measurements || []).map(formatMeasurement)].filter(Boolean).join(' · ');
+      if (text) {
+        const last = screen[screen.length - 1];
+        const node = svgElement('text', { x: last.x + 8, y: last.y + 16, class: 'measure-label' });
+        node.textContent = text;
+        shapes.push(node);
+      }
+    }
+  }
+  svg.replaceChildren(...shapes);
 }
 
 // -- slides and case panel ---------------------------------------------------------------------------
@@ -441,7 +570,10 @@ async function openSlide(series) {
   state.series = series;
   state.features = [];
   state.draft = [];
+  state.dicom.features = [];
+  state.dicom.sources = [];
   listFeatures();
+  listDicomSources();
   for (const item of $('slides').children) item.classList.toggle('current', item.dataset.series === series);
   status('Opening slide…');
   try {
@@ -451,7 +583,9 @@ async function openSlide(series) {
     return;
   }
   showInfo(state.info);
+  showColorMode(state.info);
   loadFeatures();
+  loadDicomAnnotations();
   const url = new URL(window.location.href);
   url.searchParams.set('series', series);
   window.history.replaceState(null, '', url);
@@ -468,6 +602,30 @@ function viewsOf(path) {
   return (state.info?.views || []).filter((view) => view.optical_path === path);
 }
 
+/** The view's DZI in the chosen colour: as stored, or colour-managed when the slide has an ICC profile. */
+function dziUrl(view) {
+  if (state.color !== 'srgb' || !state.info?.icc_profile) return view.dzi;
+  const url = new URL(view.dzi, window.location.href);
+  url.searchParams.set('color', 'srgb'); // OpenSeadragon carries the query onto every tile URL
+  return `${url.pathname}${url.search}`;
+}
+
+function showColorMode(info) {
+  const select = $('color-mode');
+  select.hidden = !info.icc_profile;
+  select.title = info.icc_profile
+    ? `ICC profile: ${info.icc_profile_description || 'unnamed'}. As stored: the scanner's pixels untouched; managed: converted to sRGB for this screen`
+    : '';
+  select.value = state.color;
+  document.body.dataset.color = info.icc_profile ? state.color : 'stored';
+}
+
+function chooseColor(color) {
+  state.color = color;
+  document.body.dataset.color = state.info?.icc_profile ? color : 'stored';
+  if (state.view) showView(state.view);
+}
+
 /** Show another optical path / focal plane in place: the viewport (pan, zoom, rotation) stays. */
 function showView(view) {
   state.view = view;
@@ -482,13 +640,13 @@ function showView(view) {
     const viewport = state.viewer.viewport;
     const bounds = viewport.getBounds(true);
     state.viewer.addTiledImage({
-      tileSource: view.dzi,
+      tileSource: dziUrl(view),
       index: 0,
       replace: true,
       success: () => viewport.fitBounds(bounds, true),
     });
   } else {
-    state.viewer.open(view.dzi);
+    state.viewer.open(dziUrl(view));
   }
 }
 
@@ -611,6 +769,7 @@ function main() {
     status('');
     updateHud();
     drawOverlay();
+    drawDicomOverlay();
   });
   viewer.addHandler('open-failed', (event) => status(`Cannot open slide: ${event.message}`, true));
   viewer.addHandler('tile-load-failed', () => status('Some tiles failed to load', true));
@@ -621,6 +780,7 @@ function main() {
   viewer.addHandler('animation', () => {
     updateHud();
     drawOverlay();
+    drawDicomOverlay();
   });
   viewer.addHandler('animation-start', () => {
     document.body.dataset.animating = 'true';
@@ -629,10 +789,14 @@ function main() {
     document.body.dataset.animating = 'false';
     updateHud();
     drawOverlay();
+    drawDicomOverlay();
   });
-  viewer.addHandler('resize', drawOverlay);
-  viewer.addHandler('flip', drawOverlay);
-  viewer.addHandler('rotate', drawOverlay);
+  for (const event of ['resize', 'flip', 'rotate']) {
+    viewer.addHandler(event, () => {
+      drawOverlay();
+      drawDicomOverlay();
+    });
+  }
   viewer.addHandler('canvas-click', onCanvasClick);
   viewer.addHandler('canvas-press', (event) => {
     state.pressAt = imagePoint(event.position);
@@ -658,6 +822,10 @@ function main() {
   }
   $('clear').addEventListener('click', clearFeatures);
   $('archive').addEventListener('click', () => saveFeatures(toGeoJson(), true));
+  $('dicom-layer').addEventListener('change', (event) => {
+    state.dicom.shown = event.target.checked;
+    drawDicomOverlay();
+  });
   $('import').addEventListener('change', (event) => {
     const [file] = event.target.files;
     if (file) importFile(file);
@@ -669,6 +837,7 @@ function main() {
   $('plane-up').addEventListener('click', () => stepFocalPlane(1));
   $('plane-down').addEventListener('click', () => stepFocalPlane(-1));
   $('optical-path').addEventListener('change', (event) => chooseOpticalPath(event.target.value));
+  $('color-mode').addEventListener('change', (event) => chooseColor(event.target.value));
   if (!state.series) {
     status('No slide chosen: open this page from the study browser', true);
     return;
