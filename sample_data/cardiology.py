@@ -10,12 +10,15 @@ exactly and a method-of-discs measurement can be checked against them.
 
 Every loop carries SequenceOfUltrasoundRegions (cm per pixel), frame timing
 (FrameTime, or FrameTimeVector for the variable-timing loop) and a lead II ECG in
-a WaveformSequence whose time zero is the first frame. UIDs are derived from names,
-so two runs write identical files.
+a WaveformSequence whose time zero is the first frame (or, like older machines, in
+the retired curve group 5000). A spectral Doppler image of mitral inflow has E and A
+waves of known peak velocities and timing. UIDs are derived from names, so two runs
+write identical files.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import math
 from dataclasses import dataclass
@@ -46,11 +49,15 @@ from sample_data.radiology import (
 __all__ = [
     "ECG_STUDY",
     "ECHO_STUDY",
+    "MITRAL_INFLOW",
     "STRESS_STUDY",
     "LVPhantom",
+    "MitralInflow",
+    "doppler_image",
     "echo_image_sequence",
     "echo_loop",
     "echo_study",
+    "legacy_curve_loop",
     "stress_echo_study",
     "twelve_lead_ecg",
     "write_cardiology_demo",
@@ -187,6 +194,26 @@ def _waveform_item(channels_mv: np.ndarray, sources: list[tuple[str, str, str]])
     return group
 
 
+def _curve_ecg(ds: Dataset, samples_mv: np.ndarray, group: int = 0x5000) -> None:
+    """Lead II as a retired Curve (PS3.3-2004 C.10.2) in repeating group `group`: two dimensions,
+    time interval-spaced from 0 by the sampling interval in ms (MILS), mV values as 32-bit floats."""
+    step_ms = round(1000.0 / ECG_SAMPLING_HZ)
+    for element, vr, value in (
+        (0x0005, "US", 2),  # CurveDimensions
+        (0x0010, "US", int(samples_mv.size)),  # NumberOfPoints
+        (0x0020, "CS", "ECG"),  # TypeOfData
+        (0x0022, "LO", "Lead II"),  # CurveDescription
+        (0x0030, "SH", ["MILS", "MILV"]),  # AxisUnits: x ms, y mV
+        (0x0103, "US", 2),  # DataValueRepresentation: float
+        (0x0110, "US", [0, 1]),  # CurveDataDescriptor: x interval-spaced, y values
+        (0x0112, "US", 0),  # CoordinateStartValue (x)
+        (0x0114, "US", step_ms),  # CoordinateStepValue (x)
+        (0x2500, "LO", "II"),  # CurveLabel
+        (0x3000, "OW", samples_mv.astype("<f4").tobytes()),  # CurveData
+    ):
+        ds.add_new((group << 16) | element, vr, value)
+
+
 def _sector_mask(rows: int, cols: int) -> np.ndarray:
     y, x = np.mgrid[0:rows, 0:cols].astype(np.float64)
     angle = np.abs(np.arctan2(x - cols / 2, y + 2))
@@ -264,10 +291,12 @@ def echo_loop(
     colour: bool = False,
     stage: tuple[int, str, int] | None = None,
     transfer_syntax_uid: str = JPEGBaseline8Bit,
+    ecg_in_curve: bool = False,
 ) -> FileDataset:
     """One US multi-frame loop of `view` (A4C, A2C, PLAX, PSAX) with regions, timing and ECG.
 
-    `stage` is (stage number, stage name, number of stages) for stress echo.
+    `stage` is (stage number, stage name, number of stages) for stress echo. With
+    `ecg_in_curve` the ECG is in the retired curve group 5000 instead of a WaveformSequence.
     """
     phantom = phantom or LVPhantom()
     rr_ms = 60000.0 / heart_rate_bpm
@@ -327,7 +356,10 @@ def echo_loop(
         ds.NumberOfViewsInStage = 4
     duration_ms = times[-1] + (frame_time_ms if not variable_timing else float(np.diff(times)[-1]))
     ecg = ecg_lead_ii(duration_ms, rr_ms)[None, :]
-    ds.WaveformSequence = Sequence([_waveform_item(ecg, [ECG_LEAD_II])])
+    if ecg_in_curve:
+        _curve_ecg(ds, ecg[0])
+    else:
+        ds.WaveformSequence = Sequence([_waveform_item(ecg, [ECG_LEAD_II])])
     ds.ImageComments = (
         f"LV phantom: EDV {phantom.edv_ml:.1f} ml, ESV {phantom.esv_ml:.1f} ml, EF {phantom.ef_percent:.1f} %"
     )
@@ -361,19 +393,28 @@ def echo_image_sequence(
     with_frame_time: bool = False,
     rows: int = 150,
     columns: int = 200,
+    depth_change_at: int | None = None,
+    deep_cm_per_px: float = 0.1,
 ) -> list[FileDataset]:
     """Single-frame Ultrasound Image instances of short A4C acquisitions in one series.
 
     Some machines (and conversions) store a cine as one image per frame; the viewer groups
     them back into loops. Each (AcquisitionNumber, AcquisitionTime) in `acquisitions` gives
     `n_frames` images, InstanceNumbers running on across the series, ContentTime stepping
-    by `frame_time_ms` (FrameTime only when `with_frame_time`), the same regions throughout.
+    by `frame_time_ms` (FrameTime only when `with_frame_time`). From image `depth_change_at`
+    (0-based, within each acquisition) on, the sonographer has gone deeper: those images are
+    rendered, and calibrated, at `deep_cm_per_px` instead of 0.08 cm per pixel.
     """
     loop = echo_loop(
         "A4C", study=study, series_number=series_number, n_frames=n_frames, frame_time_ms=frame_time_ms,
         rows=rows, columns=columns, cm_per_px=0.08, transfer_syntax_uid=ExplicitVRLittleEndian,
     )  # fmt: skip
+    deep = echo_loop(
+        "A4C", study=study, series_number=series_number, n_frames=n_frames, frame_time_ms=frame_time_ms,
+        rows=rows, columns=columns, cm_per_px=deep_cm_per_px, transfer_syntax_uid=ExplicitVRLittleEndian,
+    ) if depth_change_at is not None else loop  # fmt: skip
     frames = loop.pixel_array
+    deep_frames = deep.pixel_array
     series = _new_series(PATIENT, study, series_number, "US", "ECHO STILLS", "HEART")
     out = []
     number = 0
@@ -393,10 +434,155 @@ def echo_image_sequence(
             ds.ContentTime = (start + dt.timedelta(milliseconds=i * frame_time_ms)).strftime("%H%M%S.%f")
             if with_frame_time:
                 ds.FrameTime = frame_time_ms
-            ds.SequenceOfUltrasoundRegions = loop.SequenceOfUltrasoundRegions
-            ds.set_pixel_data(frames[i], "MONOCHROME2", 8, generate_instance_uid=False)
+            deeper = depth_change_at is not None and i >= depth_change_at
+            source = deep if deeper else loop
+            ds.SequenceOfUltrasoundRegions = Sequence([copy.deepcopy(source.SequenceOfUltrasoundRegions[0])])
+            pixels = deep_frames[i] if deeper else frames[i]
+            ds.set_pixel_data(pixels, "MONOCHROME2", 8, generate_instance_uid=False)
             out.append(encode(ds, JPEGBaseline8Bit))
     return out
+
+
+@dataclass(frozen=True)
+class MitralInflow:
+    """A pulsed-wave Doppler sweep of mitral inflow with known E and A waves.
+
+    Each beat starts at its R wave; the E wave rises (quarter sine) to its peak and falls
+    linearly over the deceleration time, the A wave (atrial kick) likewise, later. Peak
+    times fall on whole columns so the peaks are drawn exactly.
+    """
+
+    heart_rate_bpm: float = 75.0  # R-R 800 ms
+    first_r_ms: float = 100.0
+    e_peak_cm_s: float = 82.0
+    a_peak_cm_s: float = 54.0
+    e_onset_ms: float = 400.0  # after the R wave
+    e_rise_ms: float = 92.0
+    e_deceleration_ms: float = 160.0
+    a_onset_ms: float = 660.0
+    a_rise_ms: float = 72.0
+    a_fall_ms: float = 68.0  # closes at the next R wave
+    sweep_ms_per_px: float = 4.0
+    cm_s_per_px: float = 0.5
+    columns: int = 640
+    rows: int = 400
+    spectral_top: int = 150  # the spectral region's first row
+    baseline_row: int = 370  # zero velocity (image row)
+
+    @property
+    def rr_ms(self) -> float:
+        return 60000.0 / self.heart_rate_bpm
+
+    def e_peaks_ms(self) -> list[float]:
+        return self._peaks(self.e_onset_ms + self.e_rise_ms)
+
+    def a_peaks_ms(self) -> list[float]:
+        return self._peaks(self.a_onset_ms + self.a_rise_ms)
+
+    def _peaks(self, after_r_ms: float) -> list[float]:
+        sweep = self.columns * self.sweep_ms_per_px
+        out, r = [], self.first_r_ms - self.rr_ms
+        while r < sweep:
+            if 0 <= r + after_r_ms < sweep:
+                out.append(r + after_r_ms)
+            r += self.rr_ms
+        return out
+
+    def velocity(self, t_ms: np.ndarray) -> np.ndarray:
+        """Peak (envelope) velocity in cm/s at sweep times `t_ms`."""
+        phase = (t_ms - self.first_r_ms) % self.rr_ms
+
+        def wave(onset: float, rise: float, fall: float, peak: float) -> np.ndarray:
+            up = (phase >= onset) & (phase < onset + rise)
+            down = (phase >= onset + rise) & (phase < onset + rise + fall)
+            out = np.zeros_like(phase)
+            out[up] = peak * np.sin(0.5 * math.pi * (phase[up] - onset) / rise)
+            out[down] = peak * (1.0 - (phase[down] - onset - rise) / fall)
+            return out
+
+        e = wave(self.e_onset_ms, self.e_rise_ms, self.e_deceleration_ms, self.e_peak_cm_s)
+        a = wave(self.a_onset_ms, self.a_rise_ms, self.a_fall_ms, self.a_peak_cm_s)
+        return np.maximum(e, a)
+
+
+MITRAL_INFLOW = MitralInflow()
+
+
+def doppler_image(
+    inflow: MitralInflow = MITRAL_INFLOW, *, study: Study = ECHO_STUDY, series_number: int = 5
+) -> FileDataset:
+    """A single-frame spectral Doppler image: a small A4C with the sample gate above, the PW
+    spectrum of mitral inflow below (velocity up from the baseline, time to the right), each
+    part calibrated by its own SequenceOfUltrasoundRegions item."""
+    series = _new_series(PATIENT, study, series_number, "US", "DOPPLER MV INFLOW", "HEART")
+    ds = _instance(
+        UltrasoundImageStorage, PATIENT, study, "ECHO", series, 1, ["ORIGINAL", "PRIMARY", "CARDIAC"]
+    )
+    rows, cols, top, base = inflow.rows, inflow.columns, inflow.spectral_top, inflow.baseline_row
+    image = np.zeros((rows, cols), np.float64)
+    # the 2D view the gate was placed on (rows 0..top-11), 0.1 cm per pixel
+    two_d_rows, two_d_cols, two_d_left = top - 10, 200, (cols - 200) // 2
+    phantom = LVPhantom()
+    a, b, length, wall = phantom.at(0.0)
+    view = render_frame("A4C", a, b, length, wall, two_d_rows, two_d_cols, 0.1)
+    view *= _sector_mask(two_d_rows, two_d_cols) * _speckle(two_d_rows, two_d_cols, seed=51)
+    image[:two_d_rows, two_d_left : two_d_left + two_d_cols] = 200.0 * np.clip(view, 0, 1.2)
+    gate_x, gate_y = two_d_left + two_d_cols // 2, int(two_d_rows * 0.85)
+    image[gate_y - 1 : gate_y + 2, gate_x - 4 : gate_x + 5] = 255.0
+    # the spectrum: each column a moment, each row a velocity; bright toward the envelope
+    t = np.arange(cols) * inflow.sweep_ms_per_px  # column x shows the moment x·Δt
+    envelope = inflow.velocity(t)
+    spectral_rows = np.arange(top, rows, dtype=np.float64)
+    velocity = (base - spectral_rows) * inflow.cm_s_per_px  # row r shows (baseline - r)·Δv
+    rng = np.random.default_rng(55)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where(envelope[None, :] > 0, velocity[:, None] / envelope[None, :], 2.0)
+    # coverage of each pixel row [v - d, v] by the band 0..envelope, for an anti-aliased edge
+    coverage = np.clip(
+        (envelope[None, :] - (velocity[:, None] - inflow.cm_s_per_px)) / inflow.cm_s_per_px, 0, 1
+    )
+    coverage *= velocity[:, None] > 0
+    brightness = 120.0 + 110.0 * np.clip(fraction, 0, 1) ** 2
+    spectrum = coverage * brightness * (0.85 + 0.15 * rng.random((spectral_rows.size, cols)))
+    spectrum += 12.0 * rng.random((spectral_rows.size, cols))  # background noise, far below the band
+    spectrum[base - top, :] = np.maximum(spectrum[base - top, :], 90.0)  # the baseline
+    image[top:, :] = spectrum
+    pixels = np.clip(image, 0, 255).astype(np.uint8)
+
+    two_d = Dataset()
+    two_d.RegionSpatialFormat, two_d.RegionDataType, two_d.RegionFlags = 1, 1, 0
+    two_d.RegionLocationMinX0, two_d.RegionLocationMinY0 = two_d_left, 0
+    two_d.RegionLocationMaxX1, two_d.RegionLocationMaxY1 = two_d_left + two_d_cols - 1, two_d_rows - 1
+    two_d.ReferencePixelX0, two_d.ReferencePixelY0 = two_d_cols // 2, 0
+    two_d.PhysicalUnitsXDirection = two_d.PhysicalUnitsYDirection = 3  # cm
+    two_d.PhysicalDeltaX = two_d.PhysicalDeltaY = 0.1
+    spectral = Dataset()
+    spectral.RegionSpatialFormat = 3  # spectral
+    spectral.RegionDataType = 3  # PW spectral Doppler
+    spectral.RegionFlags = 0
+    spectral.RegionLocationMinX0, spectral.RegionLocationMinY0 = 0, top
+    spectral.RegionLocationMaxX1, spectral.RegionLocationMaxY1 = cols - 1, rows - 1
+    spectral.ReferencePixelX0 = 0  # relative to the region's top-left corner: time 0 at its left edge
+    spectral.ReferencePixelY0 = base - top  # the baseline, zero velocity
+    spectral.ReferencePixelPhysicalValueX = 0.0
+    spectral.ReferencePixelPhysicalValueY = 0.0
+    spectral.PhysicalUnitsXDirection = 4  # seconds
+    spectral.PhysicalUnitsYDirection = 7  # cm/s
+    spectral.PhysicalDeltaX = inflow.sweep_ms_per_px / 1000.0
+    spectral.PhysicalDeltaY = -inflow.cm_s_per_px  # velocity grows upwards, rows grow downwards
+    spectral.DopplerSampleVolumeXPosition = gate_x - two_d_left
+    spectral.DopplerSampleVolumeYPosition = gate_y
+    ds.SequenceOfUltrasoundRegions = Sequence([two_d, spectral])
+    ds.ViewName = "A4C"
+    ds.HeartRate = round(inflow.heart_rate_bpm)
+    ds.AcquisitionNumber = 9
+    ds.AcquisitionDateTime = f"{study.date}102200"
+    ds.ImageComments = (
+        f"Mitral inflow: E {inflow.e_peak_cm_s:g} cm/s, A {inflow.a_peak_cm_s:g} cm/s, "
+        f"E deceleration {inflow.e_deceleration_ms:g} ms, R-R {inflow.rr_ms:g} ms"
+    )
+    ds.set_pixel_data(pixels, "MONOCHROME2", 8, generate_instance_uid=False)
+    return ds
 
 
 STRESS_STAGES: tuple[tuple[str, float, LVPhantom], ...] = (
@@ -460,8 +646,21 @@ def twelve_lead_ecg(duration_s: float = 10.0, heart_rate_bpm: float = 72.0) -> F
     return ds
 
 
+def legacy_curve_loop() -> FileDataset:
+    """An A4C loop whose ECG is in the retired curve group 5000, as older machines wrote it."""
+    return echo_loop("A4C", series_number=6, n_frames=40, ecg_in_curve=True)
+
+
 def write_cardiology_demo(out_dir: Path) -> list[Path]:
-    """Write the echo study (with a series of single-frame stills grouped into loops), the stress
-    echo and the 12-lead ECG under `out_dir`."""
-    instances = [*echo_study(), *echo_image_sequence(), *stress_echo_study(), twelve_lead_ecg()]
+    """Write the echo study (with a series of single-frame stills grouped into loops, the depth
+    changing in the second acquisition, a spectral Doppler image and a loop with a curve-data
+    ECG), the stress echo and the 12-lead ECG under `out_dir`."""
+    instances = [
+        *echo_study(),
+        *echo_image_sequence(depth_change_at=6),
+        doppler_image(),
+        legacy_curve_loop(),
+        *stress_echo_study(),
+        twelve_lead_ecg(),
+    ]
     return [write(ds, Path(out_dir)) for ds in instances]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -74,12 +74,15 @@ def test_two_acquisitions_in_one_series_make_two_groups(stills: list[Dataset]) -
 def test_geometry_and_identity_split_or_exclude(stills: list[Dataset]) -> None:
     series = str(stills[0].SeriesInstanceUID)
     first = [ds.copy() for ds in stills[:6]]
-    # other regions (another depth) in the middle of an acquisition: not the same loop
+    # another depth in the middle of an acquisition: still one loop, each frame its own regions
     for ds in first[3:]:
         ds.SequenceOfUltrasoundRegions = [r.copy() for r in ds.SequenceOfUltrasoundRegions]
-        ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaX = 0.1
-    groups = acquisition_groups(series, _items(first))
-    assert sorted(len(g.members) for g in groups) == [3, 3]
+        ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaY = 0.1
+    (group,) = acquisition_groups(series, _items(first))
+    assert [regions[0].delta_y for regions in group.frame_regions()] == [0.08] * 3 + [0.1] * 3
+    # another image size in the middle: not the same loop
+    items = [(replace(i, rows=61) if n >= 3 else i, h) for n, (i, h) in enumerate(_items(first))]
+    assert sorted(len(g.members) for g in acquisition_groups(series, items)) == [3, 3]
     # no acquisition date/time and no number: never grouped
     anonymous = [ds.copy() for ds in stills[:6]]
     for ds in anonymous:
@@ -217,25 +220,6 @@ def test_viewer_plays_a_group_in_the_grid(server: BackgroundServer, uids: dict[s
         page.wait_for_function("() => window.cardiology.state().cells[0].frame > 0", timeout=5000)
         browser.close()
     assert errors == []
-
-
-def test_measurements_on_a_group_are_refused_plainly(server: BackgroundServer, uids: dict[str, str]) -> None:
-    """Saving is not supported for grouped loops yet: a clear 422 naming why, never a 500."""
-    body: dict[str, Any] = {
-        "measurements": [
-            {
-                "kind": "distance",
-                "sop_instance_uid": f"group/{uids['series']}/1",
-                "frame": 1,
-                "points": [[1, 1], [9, 9]],
-            }
-        ]
-    }
-    response = requests.put(
-        f"{server.url}/cardiology/studies/{uids['study']}/measurements", json=body, timeout=10
-    )
-    assert response.status_code == 422
-    assert "single-frame images" in response.json()["detail"]
 
 
 def test_first_frame_and_first_loop_json_for_the_viewer_start(

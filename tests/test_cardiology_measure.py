@@ -292,9 +292,15 @@ def test_demo_writes_echo_stress_and_ecg(tmp_path: Path) -> None:
     for ds in headers:
         by_study.setdefault(str(ds.AccessionNumber), []).append(ds)
     echo = [ds for ds in by_study["ACC-2001"] if int(ds.get("NumberOfFrames", 1) or 1) > 1]
-    assert [str(ds.ViewName) for ds in echo] == ["A4C", "A2C", "PLAX"]
+    assert [str(ds.ViewName) for ds in echo] == ["A4C", "A2C", "PLAX", "A4C"]
+    assert "WaveformSequence" not in echo[3] and str(echo[3][0x50000020].value) == "ECG"  # curve ECG
     stills = [ds for ds in by_study["ACC-2001"] if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6.1"]
-    assert len(stills) == 24 and {int(ds.AcquisitionNumber) for ds in stills} == {1, 2}
+    assert len(stills) == 25 and {int(ds.AcquisitionNumber) for ds in stills} == {1, 2, 9}
+    (doppler,) = [ds for ds in stills if ds.SeriesDescription == "DOPPLER MV INFLOW"]
+    assert [int(r.RegionDataType) for r in doppler.SequenceOfUltrasoundRegions] == [1, 3]
+    # the second acquisition of stills goes deeper after its sixth image
+    deltas = [float(ds.SequenceOfUltrasoundRegions[0].PhysicalDeltaY) for ds in stills if ds is not doppler]
+    assert sorted(set(deltas)) == [0.08, 0.1]
     stress = by_study["ACC-2002"]
     assert len(stress) == 16 and {str(ds.StageName) for ds in stress} == {
         "REST",

@@ -222,7 +222,7 @@ def test_angiography_loop_calibrated_by_the_shared_pixel_spacing_rules(
     (region,) = info["regions"]
     assert region["spatial_format"] == "projection" and region["delta"] == pytest.approx([0.016, 0.016])
     assert "patient plane" in region["data_type"]
-    distance = caliper_distance(library.regions(*library.loop(sop)), (10, 20), (110, 20))
+    distance = caliper_distance(library.frame_regions(*library.loop(sop))[0], (10, 20), (110, 20))
     assert (distance.value, distance.unit) == (pytest.approx(16.0), "mm")  # 0.2 mm / 1.25 per pixel
     bare = echo_loop("A4C", n_frames=4, rows=100, columns=120, instance_number=8)
     bare.SOPClassUID = bare.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.12.1")

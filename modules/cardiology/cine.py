@@ -159,6 +159,7 @@ class UltrasoundRegion:
     reference_y0: int = 0
     reference_value_x: float = 0.0
     reference_value_y: float = 0.0
+    physical_delta_y: float = 0.0  # signed: negative when values grow upwards (Doppler velocities)
 
     def contains(self, x: float, y: float) -> bool:
         return self.x0 <= x <= self.x1 + 1 and self.y0 <= y <= self.y1 + 1
@@ -172,13 +173,29 @@ class UltrasoundRegion:
             "delta": [self.delta_x, self.delta_y],
             "reference_pixel": [self.reference_x0, self.reference_y0],
             "reference_value": [self.reference_value_x, self.reference_value_y],
+            "physical_delta_y": self.physical_delta_y,
         }
+
+    def value_y(self, y: float) -> float:
+        """The physical value on the y axis at image row `y` (a velocity in a spectral region): the
+        reference pixel's value plus signed deltas from its row. The reference pixel is relative to
+        the region's top-left corner (PS3.3 C.8.5.5.1.16), not the image origin."""
+        delta = self.physical_delta_y or self.delta_y
+        return self.reference_value_y + (y - self.y0 - self.reference_y0) * delta
+
+    def value_x(self, x: float) -> float:
+        """The physical value on the x axis at image column `x` (a time in an M-mode/Doppler region)."""
+        return self.reference_value_x + (x - self.x0 - self.reference_x0) * self.delta_x
 
 
 def ultrasound_regions(header: Dataset) -> list[UltrasoundRegion]:
     """The calibrated regions; an item without a positive delta in both directions is left out."""
+    return _regions_of(header.get("SequenceOfUltrasoundRegions", []))
+
+
+def _regions_of(items: Any) -> list[UltrasoundRegion]:
     regions = []
-    for item in header.get("SequenceOfUltrasoundRegions", []):
+    for item in items:
         dx, dy = (
             _positive(item.get("PhysicalDeltaX")),
             _positive(abs(float(item.get("PhysicalDeltaY", 0) or 0))),
@@ -201,9 +218,54 @@ def ultrasound_regions(header: Dataset) -> list[UltrasoundRegion]:
                 reference_y0=int(item.get("ReferencePixelY0", 0) or 0),
                 reference_value_x=float(item.get("ReferencePixelPhysicalValueX", 0) or 0),
                 reference_value_y=float(item.get("ReferencePixelPhysicalValueY", 0) or 0),
+                physical_delta_y=float(item.get("PhysicalDeltaY", 0) or 0),
             )
         )
     return regions
+
+
+def _functional_group_regions(item: Dataset) -> Any | None:
+    """SequenceOfUltrasoundRegions in one functional-groups item: directly, or one level down in
+    a functional group macro sequence (where vendors that put it per frame place it)."""
+    if "SequenceOfUltrasoundRegions" in item:
+        return item.SequenceOfUltrasoundRegions
+    for element in item:
+        if element.VR == "SQ":
+            for inner in element.value:
+                if "SequenceOfUltrasoundRegions" in inner:
+                    return inner.SequenceOfUltrasoundRegions
+    return None
+
+
+def frame_regions(header: Dataset, frames: int) -> list[list[UltrasoundRegion]]:
+    """The calibrated regions of every frame of a multi-frame image: a frame's own regions from
+    PerFrameFunctionalGroupsSequence when it has them, else the shared functional groups', else
+    the image's SequenceOfUltrasoundRegions (the same for every frame)."""
+    common: Any = header.get("SequenceOfUltrasoundRegions", [])
+    shared = header.get("SharedFunctionalGroupsSequence")
+    if shared:
+        common = _functional_group_regions(shared[0]) or common
+    base = _regions_of(common)
+    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame or len(per_frame) != frames:
+        return [base] * max(frames, 1)
+    out: list[list[UltrasoundRegion]] = []
+    for item in per_frame:
+        own = _functional_group_regions(item)
+        out.append(_regions_of(own) if own is not None else base)
+    return out
+
+
+def region_sets(per_frame: list[list[UltrasoundRegion]]) -> tuple[list[list[UltrasoundRegion]], list[int]]:
+    """The distinct region sets of a loop in first-use order and each frame's index into them:
+    the loop JSON sends each set once however many frames share it."""
+    sets: list[list[UltrasoundRegion]] = []
+    index: list[int] = []
+    for regions in per_frame:
+        if regions not in sets:
+            sets.append(regions)
+        index.append(sets.index(regions))
+    return sets, index
 
 
 def projection_region(header: Dataset, rows: int, columns: int) -> UltrasoundRegion | None:
@@ -257,6 +319,18 @@ def caliper_distance(
     return Distance(math.hypot(dx, dy), "px", False)
 
 
+def point_value(regions: list[UltrasoundRegion], p: tuple[float, float]) -> Distance:
+    """The value a single caliper point reads in a spectral Doppler or waveform region (x in s):
+    the velocity (or frequency) of its row against the region's baseline. Outside such a region a
+    point has no value: unit "" and not calibrated."""
+    for index, region in enumerate(regions):
+        if region.contains(*p) and region.units_x == "s" and region.units_y in ("cm/s", "Hz"):
+            return Distance(
+                region.value_y(p[1]), region.units_y, True, index, {"time_s": region.value_x(p[0])}
+            )
+    return Distance(0.0, "", False)
+
+
 def polygon_area(regions: list[UltrasoundRegion], points: list[tuple[float, float]]) -> Distance:
     """Shoelace area; cm² when every vertex is in one 2D region calibrated in cm, else px²."""
     twice = 0.0
@@ -288,6 +362,8 @@ class EcgTrace:
     offset_ms: float
     samples_mv: np.ndarray
     r_waves_ms: tuple[float, ...]
+    source: str = "WaveformSequence"
+    unit: str = "mV"  # a curve whose y axis is not in volts keeps its own unit (samples unscaled)
 
 
 def _channel_mv(group: Dataset, data: np.ndarray, channel: int) -> tuple[str, np.ndarray]:
@@ -351,8 +427,136 @@ def r_waves(samples_mv: np.ndarray, sampling_hz: float) -> tuple[float, ...]:
     return tuple(1000.0 * p / sampling_hz for p in peaks)
 
 
+# Retired Curve module (PS3.3-2004 C.10.2): repeating groups 50xx, xx even, 00..1E.
+CURVE_GROUPS = tuple(range(0x5000, 0x5020, 2))
+CURVE_VALUE_TYPES = {0: "u2", 1: "i2", 2: "f4", 3: "f8", 4: "i4"}  # DataValueRepresentation
+CURVE_TIME_UNITS_MS = {"SEC": 1000.0, "MILS": 1.0, "MSEC": 1.0, "MS": 1.0}  # AxisUnits of x
+CURVE_VOLT_UNITS_MV = {"MILV": 1.0, "MV": 1.0, "MICV": 0.001, "UV": 0.001, "VOLT": 1000.0, "V": 1000.0}
+
+
+class CurveError(ValueError):
+    """A curve in group 50xx that says it is an ECG but cannot be read; the message says why."""
+
+
+def _curve(header: Dataset, group: int, keyword_element: int) -> Any:
+    element = header.get((group << 16) | keyword_element)
+    return None if element is None else element.value
+
+
+def curve_ecg_samples(header: Dataset, group: int) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(times ms, values, y unit) of the ECG curve in repeating group `group`, None when that group
+    holds no ECG. Data values interleave the dimensions point by point; a dimension the Curve Data
+    Descriptor marks as interval-spaced (0) is not stored but runs from Coordinate Start Value by
+    Coordinate Step Value. x must be time (SEC or MILS): an ECG with no time axis is not placed."""
+    kind = _curve(header, group, 0x0020)
+    if kind is None or str(kind).strip().upper() != "ECG":
+        return None
+    data = _curve(header, group, 0x3000)
+    if data is None:
+        raise CurveError(f"curve {group:04X} says ECG but has no CurveData")
+    try:
+        dimensions = int(_curve(header, group, 0x0005) or 1)
+        points = int(_curve(header, group, 0x0010) or 0)
+        representation = int(_curve(header, group, 0x0103) or 0)
+    except (TypeError, ValueError) as exc:
+        raise CurveError(f"curve {group:04X}: {exc}") from exc
+    if dimensions not in (1, 2) or points < 2:
+        raise CurveError(f"curve {group:04X}: {dimensions} dimensions, {points} points")
+    kind_code = CURVE_VALUE_TYPES.get(representation)
+    if kind_code is None:
+        raise CurveError(f"curve {group:04X}: DataValueRepresentation {representation} is not defined")
+    units = [str(u).strip().upper() for u in _as_list(_curve(header, group, 0x0030))]
+    units += [""] * (2 - len(units))
+    descriptor = [int(v) == 0 for v in _as_list(_curve(header, group, 0x0110))]
+    # 1-D: the values are y and time is interval-spaced; 2-D: the descriptor says, else both stored
+    spaced = [True, False] if dimensions == 1 else [*descriptor, False, False][:2]
+    starts = _as_floats(_curve(header, group, 0x0112))
+    steps = _as_floats(_curve(header, group, 0x0114))
+    stored = [not s for s in spaced]
+    order = "<" if getattr(header, "is_little_endian", True) is not False else ">"
+    values = np.frombuffer(bytes(data), dtype=order + kind_code).astype(np.float64)
+    width = sum(stored)
+    if width == 0 or values.size < points * width:
+        raise CurveError(
+            f"curve {group:04X}: CurveData holds {values.size} values, expected {points * width}"
+        )
+    values = values[: points * width].reshape(points, width)
+    axes: list[np.ndarray] = []
+    column = 0
+    spaced_index = 0
+    for dim in range(2):
+        if stored[dim]:
+            axes.append(values[:, column])
+            column += 1
+        else:
+            if spaced_index >= len(steps) or not steps[spaced_index]:
+                raise CurveError(
+                    f"curve {group:04X}: an interval-spaced axis needs Coordinate Start/Step Value"
+                )
+            start = starts[spaced_index] if spaced_index < len(starts) else 0.0
+            axes.append(start + steps[spaced_index] * np.arange(points, dtype=np.float64))
+            spaced_index += 1
+    to_ms = CURVE_TIME_UNITS_MS.get(units[0])
+    if to_ms is None:
+        raise CurveError(f"curve {group:04X}: x axis unit {units[0] or 'absent'!r} is not time (SEC or MILS)")
+    y_scale = CURVE_VOLT_UNITS_MV.get(units[1])
+    return axes[0] * to_ms, axes[1] * (y_scale if y_scale is not None else 1.0), "mV" if y_scale else units[1]
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A DICOM value as a list: multi-valued elements are sequences (MultiValue), single ones not."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        return [value]
+    return list(value)
+
+
+def _as_floats(value: Any) -> list[float]:
+    return [float(v) for v in _as_list(value)]
+
+
+def curve_ecg(header: Dataset) -> EcgTrace | None:
+    """The first readable ECG in the retired curve groups 5000-501E, resampled to its median
+    sampling interval (2-D curves may list their times), or None."""
+    for group in CURVE_GROUPS:
+        try:
+            found = curve_ecg_samples(header, group)
+        except CurveError:
+            continue
+        if found is None:
+            continue
+        times, values, unit = found
+        order = np.argsort(times, kind="stable")
+        times, values = times[order], values[order]
+        step = float(np.median(np.diff(times)))
+        if not math.isfinite(step) or step <= 0:
+            continue
+        uniform = np.arange(times[0], times[-1] + step / 2, step)
+        samples = np.interp(uniform, times, values)
+        hz = 1000.0 / step
+        label = str(_curve(header, group, 0x2500) or _curve(header, group, 0x0022) or "ECG")
+        offset = float(times[0])
+        return EcgTrace(
+            label,
+            hz,
+            offset,
+            samples,
+            tuple(t + offset for t in r_waves(samples, hz)),
+            f"CurveData {group:04X}",
+            unit if unit and unit != "NONE" else "arbitrary",
+        )
+    return None
+
+
 def loop_ecg(header: Dataset) -> EcgTrace | None:
-    """The ECG a loop carries in its WaveformSequence (lead II preferred), or None."""
+    """The ECG a loop carries: its WaveformSequence (lead II preferred), else the retired curve
+    data (group 50xx, TypeOfData ECG) that older ultrasound objects use; None without either."""
+    trace = _waveform_ecg(header)
+    return trace if trace is not None else curve_ecg(header)
+
+
+def _waveform_ecg(header: Dataset) -> EcgTrace | None:
     for group in header.get("WaveformSequence", []):
         try:
             hz, offset, channels = waveform_channels(group)

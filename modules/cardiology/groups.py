@@ -8,8 +8,9 @@ never beat that way:
 
 * same series, same acquisition: AcquisitionDateTime (else AcquisitionDate +
   AcquisitionTime) and AcquisitionNumber equal — an image with neither is never grouped;
-* same geometry: Rows, Columns and the calibrated regions, so one set of calipers holds
-  for every frame;
+* same geometry: Rows and Columns. The calibrated regions may change from image to image
+  (the sonographer changes depth mid-acquisition); each frame keeps its own image's
+  regions and calipers use the regions of the frame they are drawn on;
 * ordered by InstanceNumber, then content date/time, then SOP Instance UID;
 * timing: FrameTime when the first image has a positive one (uniform), else the deltas
   between content times when every image has one and they strictly increase, else the
@@ -23,14 +24,13 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
 
-from modules.cardiology.cine import DEFAULT_FPS, FrameTiming, _positive, ultrasound_regions
+from modules.cardiology.cine import DEFAULT_FPS, FrameTiming, UltrasoundRegion, _positive, ultrasound_regions
 from server.archive.archive import StoredInstance
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -49,6 +49,10 @@ class AcquisitionGroup:
     @property
     def loop_id(self) -> str:
         return group_id(self.series_instance_uid, self.number)
+
+    def frame_regions(self) -> list[list[UltrasoundRegion]]:
+        """Each frame's calibrated regions: its own image's SequenceOfUltrasoundRegions."""
+        return [ultrasound_regions(header) for _, header in self.members]
 
 
 def group_id(series_uid: str, number: int) -> str:
@@ -77,9 +81,8 @@ def _acquisition_key(header: Dataset) -> tuple[str, str] | None:
     return when, number
 
 
-def _geometry_key(instance: StoredInstance, header: Dataset) -> tuple[int, int, str]:
-    regions = json.dumps([r.as_json() for r in ultrasound_regions(header)], sort_keys=True)
-    return instance.rows or 0, instance.columns or 0, regions
+def _geometry_key(instance: StoredInstance) -> tuple[int, int]:
+    return instance.rows or 0, instance.columns or 0
 
 
 def content_time_ms(header: Dataset) -> float | None:
@@ -153,7 +156,7 @@ def acquisition_groups(
         acquisition = _acquisition_key(header)
         if acquisition is None:
             continue
-        buckets.setdefault((*acquisition, *_geometry_key(instance, header)), []).append((instance, header))
+        buckets.setdefault((*acquisition, *_geometry_key(instance)), []).append((instance, header))
     ordered = [sorted(members, key=_order_key) for members in buckets.values() if len(members) >= 2]
     ordered.sort(key=lambda members: _order_key(members[0]))
     return [

@@ -225,13 +225,15 @@ class ExportHandler(CardiologyHandler):
             body = json.loads(self.request.body or b"{}")
         except json.JSONDecodeError as exc:
             raise ProblemError(400, f"the body is not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise ProblemError(400, "the body is a JSON object with 'measurements'")
         book: MeasurementBook = self.ctx.extras["cardiology.measurements"]
         try:
             data = await self.call(book.export_loop_video, self.library, sop, body.get("measurements", []))
         except (MeasurementError, VideoError) as exc:
             raise ProblemError(422, str(exc)) from exc
         self.set_header("Content-Type", "video/mp4")
-        self.set_header("Content-Disposition", f'attachment; filename="loop-{sop}.mp4"')
+        self.set_header("Content-Disposition", f'attachment; filename="loop-{sop.replace("/", "-")}.mp4"')
         self.finish(data)
 
 

@@ -15,6 +15,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,11 @@ from sqlalchemy import select
 from modules.cardiology.cine import (
     FrameTiming,
     UltrasoundRegion,
+    frame_regions,
     frame_timing,
     loop_ecg,
     projection_region,
-    ultrasound_regions,
+    region_sets,
     waveform_channels,
 )
 from modules.cardiology.groups import (
@@ -41,10 +43,9 @@ from modules.cardiology.groups import (
 from modules.cardiology.video import (
     VideoError,
     VideoStats,
-    decode_video_frames,
+    confined_stream_to_mp4,
     encode_mp4,
     read_ahead,
-    remux_h264,
 )
 from server.archive.archive import Archive, StoredInstance
 from server.archive.models import Series, Study
@@ -99,6 +100,32 @@ def check_jpeg_codestream(data: bytes, frame: int) -> bytes:
     return data[:end]
 
 
+@dataclass(frozen=True)
+class MeasuredFrame:
+    """What a caliper on one frame of a loop refers to: the image it was made on (and the frame
+    within it), and the regions that calibrate that frame."""
+
+    instance: StoredInstance
+    header: Dataset
+    frame_number: int | None  # 1-based within a multi-frame image; None for a single-frame image
+    regions: list[UltrasoundRegion]
+
+
+@dataclass(frozen=True)
+class LoopFrames:
+    """Every frame of a loop (multi-frame image or acquisition group) for measuring."""
+
+    loop_id: str
+    study_instance_uid: str
+    frames: list[MeasuredFrame]
+
+    def frame(self, number: int) -> MeasuredFrame:
+        """The 1-based frame `number`, else a LoopError naming the valid range."""
+        if not 1 <= number <= len(self.frames):
+            raise LoopError(422, f"frame {number} is outside 1..{len(self.frames)} of loop {self.loop_id}")
+        return self.frames[number - 1]
+
+
 class LoopLibrary:
     """Timing, frames, ECG and videos of the archive's loops; videos cached under derived_dir."""
 
@@ -120,14 +147,9 @@ class LoopLibrary:
         return instance, self.headers.get(instance)
 
     def loop(self, sop_uid: str) -> tuple[StoredInstance, Dataset]:
-        """A multi-frame loop's instance. An acquisition group is several instances, so the
-        callers that need one (measurements, SR, export with calipers) are told so plainly."""
+        """A multi-frame loop's instance (an acquisition group is several: see loop_frames)."""
         if parse_group_id(sop_uid) is not None:
-            raise LoopError(
-                409,
-                f"{sop_uid} is a loop of single-frame images: measurements on it cannot yet be saved, "
-                "stored as SR or exported with calipers",
-            )
+            raise LoopError(409, f"{sop_uid} is a loop of single-frame images, not one instance")
         instance, header = self.instance(sop_uid)
         if instance.sop_class_uid not in LOOP_CLASSES:
             raise LoopError(409, f"instance {sop_uid} is not an ultrasound or angiography image")
@@ -188,13 +210,61 @@ class LoopLibrary:
         instance, header = self.loop(loop_id)
         return instance.number_of_frames, lambda frame: self.frame_jpeg(instance, header, frame)
 
-    def regions(self, instance: StoredInstance, header: Dataset) -> list[UltrasoundRegion]:
-        """Calibrated regions: SequenceOfUltrasoundRegions for ultrasound; for angiography the
-        pixel spacing as one whole-image region. Never a guess: no calibration, no region."""
+    def frame_regions(self, instance: StoredInstance, header: Dataset) -> list[list[UltrasoundRegion]]:
+        """Calibrated regions of every frame: SequenceOfUltrasoundRegions for ultrasound (per frame
+        where the functional groups define it); for angiography the pixel spacing as one
+        whole-image region. Never a guess: no calibration, no region."""
+        frames = max(instance.number_of_frames, 1)
         if instance.sop_class_uid in (XA_IMAGE, ENHANCED_XA_IMAGE):
             region = projection_region(header, instance.rows or 0, instance.columns or 0)
-            return [region] if region is not None else []
-        return ultrasound_regions(header)
+            return [[region] if region is not None else []] * frames
+        return frame_regions(header, frames)
+
+    def loop_frames(self, loop_id: str) -> LoopFrames:
+        """Every frame of a loop with the image it comes from and its own regions: what the
+        measurements, the SR and the export with calipers need, for both kinds of loop."""
+        if parse_group_id(loop_id) is not None:
+            group = self.group(loop_id)
+            per_frame = group.frame_regions()
+            frames = [
+                MeasuredFrame(member, header, None, regions)
+                for (member, header), regions in zip(group.members, per_frame, strict=True)
+            ]
+            study = group.members[0][0].study_instance_uid
+        else:
+            instance, header = self.loop(loop_id)
+            frames = [
+                MeasuredFrame(instance, header, n, regions)
+                for n, regions in enumerate(self.frame_regions(instance, header), start=1)
+            ]
+            study = instance.study_instance_uid
+        if not study:
+            raise LoopError(409, f"loop {loop_id} has no study")
+        return LoopFrames(loop_id, study, frames)
+
+    def display_frames(
+        self, loop_id: str
+    ) -> tuple[StoredInstance, Dataset, Iterator[np.ndarray], FrameTiming]:
+        """(first instance, its header, display frames in play order, timing) of either kind of loop."""
+        if parse_group_id(loop_id) is not None:
+            group = self.group(loop_id)
+            first, header = group.members[0]
+            frames = (self.display_frame(m, h, 0) for m, h in group.members)
+            return first, header, frames, group.timing
+        instance, header = self.loop(loop_id)
+        return instance, header, self.iter_display_frames(instance, header), self.timing(instance, header)
+
+    @staticmethod
+    def regions_json(per_frame: list[list[UltrasoundRegion]]) -> dict[str, Any]:
+        """The loop JSON's regions: those of frame 1, and when frames differ, each distinct set once
+        (``region_sets``) with every frame's index into them (``frame_region_set``)."""
+        sets, index = region_sets(per_frame)
+        varies = len(sets) > 1
+        return {
+            "regions": [r.as_json() for r in sets[0]] if sets else [],
+            "region_sets": [[r.as_json() for r in regions] for regions in sets] if varies else None,
+            "frame_region_set": index if varies else None,
+        }
 
     def timing(self, instance: StoredInstance, header: Dataset) -> FrameTiming:
         return frame_timing(header, instance.number_of_frames)
@@ -223,11 +293,12 @@ class LoopLibrary:
             "fps": round(timing.fps, 3),
             "timing_source": timing.source,
             "timing_warnings": list(timing.warnings),
-            "regions": [r.as_json() for r in self.regions(instance, header)],
+            **self.regions_json(self.frame_regions(instance, header)),
             "ecg": {
                 "present": ecg is not None,
                 "url": f"{base}/ecg" if ecg else None,
                 "lead": ecg.label if ecg else None,
+                "source": ecg.source if ecg else None,
                 "r_waves_ms": [round(t, 1) for t in ecg.r_waves_ms] if ecg else [],
             },
             "view": str(header.get("ViewName", "")),
@@ -261,8 +332,8 @@ class LoopLibrary:
             "fps": round(timing.fps, 3),
             "timing_source": timing.source,
             "timing_warnings": list(timing.warnings),
-            "regions": [r.as_json() for r in self.regions(first, header)],
-            "ecg": {"present": False, "url": None, "lead": None, "r_waves_ms": []},
+            **self.regions_json(group.frame_regions()),
+            "ecg": {"present": False, "url": None, "lead": None, "source": None, "r_waves_ms": []},
             "view": str(header.get("ViewName", "")),
             "stage": {"number": int(header.StageNumber), "name": str(header.get("StageName", ""))}
             if "StageNumber" in header
@@ -287,6 +358,8 @@ class LoopLibrary:
             raise LoopError(404, f"instance {sop_uid} carries no ECG")
         return {
             "lead": ecg.label,
+            "source": ecg.source,
+            "unit": ecg.unit,
             "sampling_hz": ecg.sampling_hz,
             "offset_ms": ecg.offset_ms,
             "samples_mv": np.round(ecg.samples_mv, 4).tolist(),
@@ -465,15 +538,16 @@ class LoopLibrary:
         path = self.video_path(sop_uid)
         if path.exists():
             return path
+        mirror, name = self.archive.blobs.mirror, f"cardiology/video/{path.name}"  # docs/deployment.md
+        if mirror is not None and mirror.fetch_product_file(name, path):
+            return path  # made by another machine
         error = self._error_path(sop_uid)
         if error.exists():
             raise VideoError(error.read_text(encoding="utf-8"))
         try:
             if parse_group_id(sop_uid) is not None:
-                group = self.group(sop_uid)
-                first, header = group.members[0]
-                frames = (self.display_frame(m, h, 0) for m, h in group.members)
-                self.write_video(first, header, path, frames=frames, timing=group.timing)
+                first, header, frames, timing = self.display_frames(sop_uid)
+                self.write_video(first, header, path, frames=frames, timing=timing)
             else:
                 instance, header = self.loop(sop_uid)
                 self.write_video(instance, header, path)
@@ -481,6 +555,8 @@ class LoopLibrary:
             error.write_text(str(exc), encoding="utf-8")
             log.warning("no video for %s: %s", sop_uid, exc)
             raise VideoError(str(exc)) from exc
+        if mirror is not None:
+            mirror.publish_product_file(name, path)
         return path
 
     def write_video(
@@ -500,11 +576,10 @@ class LoopLibrary:
                 syntax = instance.transfer_syntax_uid
                 if frames is None and syntax in VIDEO_SYNTAXES:
                     stream = self._encapsulated_stream(instance)
+                    container = "hevc" if syntax in HEVC_SYNTAXES else "mpegvideo"
                     if syntax in H264_SYNTAXES:
-                        stats = remux_h264(stream, timing, out)
-                    else:
-                        container = "hevc" if syntax in HEVC_SYNTAXES else "mpegvideo"
-                        stats = encode_mp4(decode_video_frames(stream, container), timing, out)
+                        container = "h264"
+                    stats = confined_stream_to_mp4(stream, container, timing, temp)
                 else:
                     stats = encode_mp4(
                         read_ahead(frames or self.iter_display_frames(instance, header)), timing, out

@@ -1,8 +1,11 @@
 """Calipers, areas and LV contours saved with a study; values computed here from the regions.
 
-The viewer sends geometry in image pixels (frame, points); the server computes every
-value from that loop's SequenceOfUltrasoundRegions, so what is saved, exported as JSON
-and written into a DICOM SR is one computation, not the browser's word. Saved documents
+The viewer sends geometry in image pixels (loop, frame, points); the server computes every
+value from the regions of that frame (SequenceOfUltrasoundRegions of the image the frame
+comes from, per frame where the data set defines it), so what is saved, exported as JSON
+and written into a DICOM SR is one computation, not the browser's word. Each measurement
+records the SOP instance (and, for a multi-frame image, the frame) it was made on: for a
+loop of grouped single-frame images that is the image of that frame, which the SR cites. Saved documents
 live in ``data_dir/cardiology/measurements`` (user data, not a rebuildable product).
 """
 
@@ -36,19 +39,21 @@ from highdicom.sr import (
 from PIL import Image, ImageDraw
 from pydicom.filebase import DicomBytesIO
 
-from modules.cardiology.cine import caliper_distance, polygon_area, to_mm
-from modules.cardiology.loops import LoopError, LoopLibrary
+from modules.cardiology.cine import caliper_distance, point_value, polygon_area, to_mm
+from modules.cardiology.loops import LoopError, LoopFrames, LoopLibrary
 from modules.cardiology.lv_volume import ContourError, lv_volumes, volume_monoplane_ml
 from modules.cardiology.video import encode_mp4
 
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-KINDS = ("distance", "area", "lv")
+KINDS = ("distance", "area", "lv", "velocity")
 LV_LABELS = ("A4C-ED", "A4C-ES", "A2C-ED", "A2C-ES")
 MAX_MEASUREMENTS = 500
 MAX_POINTS = 2000
 
 ECHOCARDIOGRAPHY = CodedConcept("40701008", "SCT", "Echocardiography")
 LENGTH = CodedConcept("410668003", "SCT", "Length")
+DURATION = CodedConcept("103335007", "SCT", "Duration")
+PEAK_VELOCITY = CodedConcept("11726-7", "LN", "Peak Velocity")
 AREA = CodedConcept("42798000", "SCT", "Area")
 LV_EF = CodedConcept("10230-1", "LN", "Left ventricular Ejection fraction")
 LV_EDV = CodedConcept("18026-5", "LN", "Left ventricular end diastolic volume")
@@ -59,7 +64,9 @@ UNITS = {
     "ml": CodedConcept("ml", "UCUM", "milliliter"),
     "%": CodedConcept("%", "UCUM", "percent"),
     "ms": CodedConcept("ms", "UCUM", "millisecond"),
+    "cm/s": CodedConcept("cm/s", "UCUM", "centimeter per second"),
 }
+CONCEPTS = {"mm": LENGTH, "cm2": AREA, "ms": DURATION, "cm/s": PEAK_VELOCITY}
 
 
 class MeasurementError(ValueError):
@@ -99,32 +106,39 @@ class MeasurementBook:
 
     def compute(self, library: LoopLibrary, study: str, body: dict[str, Any]) -> dict[str, Any]:
         """Validate the geometry and compute every value; the LV result from the contours."""
-        raw = body.get("measurements")
+        raw = body.get("measurements") if isinstance(body, dict) else None
         if not isinstance(raw, list) or len(raw) > MAX_MEASUREMENTS:
             raise MeasurementError(f"'measurements' must be a list of at most {MAX_MEASUREMENTS} items")
-        regions_of: dict[str, Any] = {}
+        loops: dict[str, LoopFrames] = {}
         out: list[dict[str, Any]] = []
         contours: dict[str, list[tuple[float, float]]] = {}
         for n, item in enumerate(raw, start=1):
             where = f"measurement {n}"
             if not isinstance(item, dict) or item.get("kind") not in KINDS:
                 raise MeasurementError(f"{where}: 'kind' must be one of {', '.join(KINDS)}")
-            sop = str(item.get("sop_instance_uid", ""))
-            if sop not in regions_of:
-                try:
-                    instance, header = library.loop(sop)
-                except LoopError as exc:
-                    raise MeasurementError(f"{where}: {exc.detail}") from exc
-                if instance.study_instance_uid != study:
-                    raise MeasurementError(f"{where}: instance {sop} is not in study {study}")
-                regions_of[sop] = library.regions(instance, header)
-            regions = regions_of[sop]
+            loop_id = str(item.get("sop_instance_uid", ""))
+            try:
+                frame_number = int(item.get("frame", 1))
+            except (TypeError, ValueError) as exc:
+                raise MeasurementError(f"{where}: 'frame' must be a frame number") from exc
+            try:
+                if loop_id not in loops:
+                    loops[loop_id] = library.loop_frames(loop_id)
+                frame = loops[loop_id].frame(frame_number)
+            except LoopError as exc:
+                raise MeasurementError(f"{where}: {exc.detail}") from exc
+            if loops[loop_id].study_instance_uid != study:
+                raise MeasurementError(f"{where}: loop {loop_id} is not in study {study}")
+            regions = frame.regions
             points = _points(item.get("points"), where)
             entry: dict[str, Any] = {
                 "id": str(item.get("id", n))[:64],
                 "kind": item["kind"],
-                "sop_instance_uid": sop,
-                "frame": int(item.get("frame", 1)),
+                "sop_instance_uid": loop_id,
+                "frame": frame_number,
+                "referenced_sop_class_uid": frame.instance.sop_class_uid,
+                "referenced_sop_instance_uid": frame.instance.sop_instance_uid,
+                "referenced_frame": frame.frame_number,
                 "points": [[round(x, 2), round(y, 2)] for x, y in points],
                 "label": str(item.get("label", ""))[:64],
             }
@@ -133,6 +147,15 @@ class MeasurementBook:
                     raise MeasurementError(f"{where}: a distance has exactly 2 points")
                 d = caliper_distance(regions, points[0], points[1])
                 entry.update(value=round(d.value, 3), unit=d.unit, calibrated=d.calibrated, **d.extra)
+            elif item["kind"] == "velocity":
+                if len(points) != 1:
+                    raise MeasurementError(f"{where}: a velocity is one point")
+                v = point_value(regions, points[0])
+                if not v.calibrated:
+                    raise MeasurementError(
+                        f"{where}: the point is in no spectral Doppler region of frame {frame_number}"
+                    )
+                entry.update(value=round(v.value, 3), unit=v.unit, calibrated=True, **v.extra)
             elif item["kind"] == "area":
                 if len(points) < 3:
                     raise MeasurementError(f"{where}: an area needs at least 3 points")
@@ -186,30 +209,36 @@ class MeasurementBook:
     def build_sr(self, library: LoopLibrary, study: str) -> Comprehensive3DSR:
         """TID 1500 measurement report: one group per calibrated measurement, one for the LV."""
         document = self.load(study)
-        items = [m for m in document["measurements"] if m.get("calibrated") and m.get("unit") in UNITS]
+        items = [m for m in document["measurements"] if m.get("calibrated") and m.get("unit") in CONCEPTS]
         if not items and not document.get("lv"):
             raise MeasurementError(f"study {study} has no calibrated measurements to report")
-        evidence: dict[str, Any] = {}
+        evidence: dict[str, Any] = {}  # the images measured on: a grouped loop's frames are images
         for m in document["measurements"]:
-            if m["sop_instance_uid"] not in evidence:
-                evidence[m["sop_instance_uid"]] = library.loop(m["sop_instance_uid"])[1]
+            uid = m.get("referenced_sop_instance_uid") or m["sop_instance_uid"]
+            if uid not in evidence:
+                try:
+                    evidence[uid] = library.instance(uid)[1]
+                except LoopError as exc:
+                    raise MeasurementError(f"measurement {m['id']}: {exc.detail}") from exc
         groups = []
         for m in items:
             if m["kind"] == "lv":
                 continue
-            name = LENGTH if m["kind"] == "distance" else AREA
-            source = evidence[m["sop_instance_uid"]]
+            source = evidence[m.get("referenced_sop_instance_uid") or m["sop_instance_uid"]]
+            frame = m.get("referenced_frame", m["frame"])
             groups.append(
                 MeasurementsAndQualitativeEvaluations(
                     tracking_identifier=TrackingIdentifier(uid=hd.UID(), identifier=f"{m['kind']} {m['id']}"),
                     measurements=[
                         Measurement(
-                            name=name,
+                            name=CONCEPTS[m["unit"]],
                             value=float(m["value"]),
                             unit=UNITS[m["unit"]],
                             referenced_images=[
                                 SourceImageForMeasurement(
-                                    source.SOPClassUID, source.SOPInstanceUID, [int(m["frame"])]
+                                    source.SOPClassUID,
+                                    source.SOPInstanceUID,
+                                    [int(frame)] if frame is not None else None,
                                 )
                             ],
                         )
@@ -269,22 +298,29 @@ class MeasurementBook:
 
     # -- loop export with calipers -------------------------------------------------------------------
 
-    def export_loop_video(self, library: LoopLibrary, sop: str, raw: list[dict[str, Any]]) -> bytes:
-        """The loop as MP4 with distances, areas and contours of this loop drawn on every frame."""
-        instance, header = library.loop(sop)
-        if instance.study_instance_uid is None:
-            raise MeasurementError("the loop has no study")
-        document = self.compute(library, instance.study_instance_uid, {"measurements": raw})
-        shapes = [m for m in document["measurements"] if m["sop_instance_uid"] == sop]
+    def export_loop_video(self, library: LoopLibrary, loop_id: str, raw: list[dict[str, Any]]) -> bytes:
+        """The loop (multi-frame or grouped images) as MP4 with its distances, areas, contours and
+        velocities drawn on every frame."""
+        try:
+            study = library.loop_frames(loop_id).study_instance_uid
+            _first, _header, display, timing = library.display_frames(loop_id)
+        except LoopError as exc:
+            raise MeasurementError(exc.detail) from exc
+        document = self.compute(library, study, {"measurements": raw})
+        shapes = [m for m in document["measurements"] if m["sop_instance_uid"] == loop_id]
 
         def frames() -> Any:
-            for pixels in library.iter_display_frames(instance, header):
+            for pixels in display:
                 image = Image.fromarray(pixels).convert("RGB")
                 draw = ImageDraw.Draw(image)
                 for m in shapes:
                     points = [tuple(p) for p in m["points"]]
                     colour = (255, 214, 0) if m["kind"] == "distance" else (0, 220, 255)
-                    if m["kind"] == "distance":
+                    if m["kind"] == "velocity":
+                        x, y = points[0]
+                        draw.line([(x - 6, y), (x + 6, y)], fill=colour, width=2)
+                        draw.line([(x, y - 6), (x, y + 6)], fill=colour, width=2)
+                    elif m["kind"] == "distance":
                         draw.line(points, fill=colour, width=2)
                     else:
                         draw.line(
@@ -300,5 +336,5 @@ class MeasurementBook:
                 yield np.asarray(image)
 
         out = io.BytesIO()
-        encode_mp4(frames(), library.timing(instance, header), out)
+        encode_mp4(frames(), timing, out)
         return out.getvalue()

@@ -90,7 +90,7 @@ class CardiologyModule:
         loop = r"((?:group/[0-9.]+/[0-9]+)|[0-9.]+)"
         return [
             RouteSpec(rf"loops/{loop}\.mp4", VideoHandler, kwargs),
-            RouteSpec(rf"loops/{sop}/export\.mp4", ExportHandler, kwargs),
+            RouteSpec(rf"loops/{loop}/export\.mp4", ExportHandler, kwargs),
             RouteSpec(rf"loops/{loop}/frames/([0-9]+)\.jpg", FrameHandler, kwargs),
             RouteSpec(rf"loops/{loop}/frames", FrameStreamHandler, kwargs),
             RouteSpec(rf"loops/{loop}/ecg", EcgHandler, kwargs),
@@ -103,20 +103,20 @@ class CardiologyModule:
         ]
 
     def on_instance_stored(self, event: InstanceStored) -> None:
-        """Queue the MP4 of a new multi-frame cardiac loop; the check and the work run on the video worker."""
-        if not self.video_on_ingest or self.library is None:
-            return
-        if event.sop_class_uid not in LOOP_CLASSES or event.number_of_frames < 2:
-            return
-        library = self.library
+        """Nothing to forget: loops are read afresh; the video is a derived job (``run_job``)."""
 
-        def make_if_cardiac() -> None:
-            _instance, header = library.loop(event.sop_instance_uid)
-            body = str(header.get("BodyPartExamined", ""))
-            if is_cardiac_loop(event.sop_class_uid, body, str(header.get("SeriesDescription", ""))):
-                library.schedule_video(event.sop_instance_uid)
+    def wants_job(self, event: InstanceStored) -> bool:
+        """A multi-frame loop gets a video job (whether it is cardiac needs its header: ``run_job``)."""
+        return self.video_on_ingest and event.sop_class_uid in LOOP_CLASSES and event.number_of_frames >= 2
 
-        library.video_worker.submit(make_if_cardiac)
+    def run_job(self, event: InstanceStored) -> None:
+        """Make the MP4 of a new cardiac loop; idempotent, as a made (or failed) video is kept."""
+        if self.library is None:
+            raise RuntimeError("the cardiology module is not set up")
+        _instance, header = self.library.loop(event.sop_instance_uid)
+        body = str(header.get("BodyPartExamined", ""))
+        if is_cardiac_loop(event.sop_class_uid, body, str(header.get("SeriesDescription", ""))):
+            self.library.schedule_video(event.sop_instance_uid).result()  # once, with any viewer's request
 
     def viewer_url(self, study_instance_uid: str, series_instance_uid: str) -> str:
         return f"/cardiology/static/viewer.html?study={study_instance_uid}&series={series_instance_uid}"

@@ -30,6 +30,7 @@ import av
 import numpy as np
 
 from modules.cardiology.cine import FrameTiming
+from server.isolation import NativeWorkerFailed, media_pool
 
 CLOCK_HZ = 90_000
 TIME_BASE = Fraction(1, CLOCK_HZ)
@@ -250,6 +251,31 @@ def decode_video_frames(data: bytes, container_format: str) -> Iterator[np.ndarr
         raise VideoError(f"the encapsulated video cannot be decoded as {container_format}: {exc}") from exc
     finally:
         source.close()
+
+
+STREAM_TIMEOUT = 300.0  # seconds: FFmpeg still busy on one stored loop after this is stuck
+
+
+def video_stream_to_mp4(stream: bytes, container_format: str, timing: FrameTiming, path: str) -> VideoStats:
+    """An encapsulated video stream into an MP4 file at ``path`` (runs in the media worker)."""
+    with open(path, "wb") as out:
+        if container_format == "h264":
+            return remux_h264(stream, timing, out)
+        return encode_mp4(decode_video_frames(stream, container_format), timing, out)
+
+
+def confined_stream_to_mp4(
+    stream: bytes, container_format: str, timing: FrameTiming, path: str
+) -> VideoStats:
+    """FFmpeg demuxing and decoding a stored (untrusted) video stream runs in a worker process,
+    so a crash in it fails this loop's video and not the server (``server.isolation``).
+    Encoding loops from decoded frames stays in-process: FFmpeg then reads only our own arrays."""
+    try:
+        return media_pool.run(
+            video_stream_to_mp4, stream, container_format, timing, path, timeout=STREAM_TIMEOUT
+        )
+    except NativeWorkerFailed as exc:
+        raise VideoError(f"the encapsulated video cannot be processed: {exc}") from exc
 
 
 def read_mp4_frames(data: bytes) -> tuple[list[float], list[np.ndarray], dict[str, int]]:

@@ -27,6 +27,27 @@ export function distance(regions, p, q) {
   return { value: Math.hypot(dx, dy), unit: "px", calibrated: false };
 }
 
+/** The regions calibrating frame `frame` (0-based) of a loop: its own set when frames differ. */
+export function regionsAt(info, frame) {
+  const sets = info.region_sets;
+  const index = info.frame_region_set;
+  if (!sets || !index) return info.regions;
+  return sets[index[Math.max(0, Math.min(index.length - 1, frame))]] || info.regions;
+}
+
+/** The velocity (or frequency) one point reads in a spectral region with time across: the
+ *  reference pixel (relative to the region's corner) gives the baseline, the signed delta the sign. */
+export function velocity(regions, p) {
+  for (const region of regions) {
+    const [ux, uy] = region.units;
+    if (!contains(region, p) || ux !== "s" || (uy !== "cm/s" && uy !== "Hz")) continue;
+    const delta = region.physical_delta_y || region.delta[1];
+    const value = region.reference_value[1] + (p[1] - region.bounds[1] - region.reference_pixel[1]) * delta;
+    return { value, unit: uy, calibrated: true };
+  }
+  return { value: 0, unit: "", calibrated: false };
+}
+
 /** Shoelace area: cm² inside one cm-calibrated region, px² otherwise. */
 export function area(regions, points) {
   let twice = 0;
@@ -127,5 +148,6 @@ export function formatValue({ value, unit }) {
   if (unit === "cm²" || unit === "cm2") return `${value.toFixed(2)} cm²`;
   if (unit === "ml") return `${value.toFixed(1)} ml`;
   if (unit === "ms") return `${value.toFixed(0)} ms`;
+  if (unit === "cm/s") return `${value.toFixed(1)} cm/s`;
   return `${value.toFixed(0)} ${unit}`;
 }

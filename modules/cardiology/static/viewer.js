@@ -5,7 +5,7 @@
 import { describeError, el } from "/static/js/dicomweb.js";
 import { bindKeys } from "/static/js/keyboard.js";
 import { Clock, Loop, loopPath } from "./player.js";
-import { area, distance, formatValue, lvVolumes, toMillimetres } from "./measure.js";
+import { area, distance, formatValue, lvVolumes, regionsAt, toMillimetres, velocity } from "./measure.js";
 
 const params = new URLSearchParams(location.search);
 const study = params.get("study") || "";
@@ -90,7 +90,8 @@ function makeCell(entry, title) {
       image.width = loop.info.columns;
       image.height = loop.info.rows;
       const warn = loop.info.timing_source === "default" ? " · default timing" : "";
-      rate.textContent = `${loop.info.fps.toFixed(1)} fps (${loop.info.timing_source})${warn}`;
+      // a still (a Doppler spectrum, a single image) has no frame rate to show
+      rate.textContent = loop.info.number_of_frames === 1 ? "still image" : `${loop.info.fps.toFixed(1)} fps (${loop.info.timing_source})${warn}`;
       rate.title = loop.info.timing_warnings.join("; ");
       if (!loop.info.regions.length) notice.textContent = "no calibration: pixels";
       loop.onFrame = () => {};
@@ -128,7 +129,8 @@ function listLoops() {
   list.replaceChildren();
   for (const entry of orderedLoops()) {
     const item = el("li");
-    const button = el("button", "link", `${titleOf(entry)} · ${entry.number_of_frames} frames`);
+    const frames = entry.number_of_frames === 1 ? "still" : `${entry.number_of_frames} frames`;
+    const button = el("button", "link", `${titleOf(entry)} · ${frames}`);
     button.type = "button";
     button.dataset.sop = entry.sop_instance_uid;
     button.addEventListener("click", () => showInActiveCell(entry));
@@ -196,8 +198,9 @@ function lockStep() {
   return cells.length > 1;
 }
 
+/** The loop whose cycle sets the clock: the first that moves (a still's 33 ms would spin the others). */
 function reference() {
-  return cells.find((c) => c.loop) || null;
+  return cells.find((c) => c.loop && c.loop.frames.length > 1) || cells.find((c) => c.loop) || null;
 }
 
 function period() {
@@ -297,11 +300,18 @@ function drawImage(cell) {
 }
 
 function drawShape(ctx, m, alpha, scale) {
-  const colour = m.kind === "distance" ? "#ffd24d" : m.kind === "area" ? "#5fd3ff" : "#ff7ab6";
+  const colour = m.kind === "distance" ? "#ffd24d" : m.kind === "area" ? "#5fd3ff" : m.kind === "velocity" ? "#9dff57" : "#ff7ab6";
   ctx.globalAlpha = alpha;
   ctx.strokeStyle = colour;
   ctx.fillStyle = colour;
   ctx.beginPath();
+  if (m.kind === "velocity") {
+    const [[x, y]] = m.points;
+    ctx.moveTo(x - 8 * scale, y);
+    ctx.lineTo(x + 8 * scale, y);
+    ctx.moveTo(x, y - 8 * scale);
+    ctx.lineTo(x, y + 8 * scale);
+  }
   m.points.forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
   if (m.kind === "area" && !m.open) ctx.closePath();
   ctx.stroke();
@@ -381,11 +391,21 @@ function imagePoint(cell, event) {
   return [(event.clientX - left) / scale, (event.clientY - top) / scale];
 }
 
+/** The caliper's reading with the regions of the frame it is on: { value, unit, calibrated } or null. */
+function reading(m, loop) {
+  const regions = regionsAt(loop.info, m.frame - 1);
+  if (m.kind === "distance") return distance(regions, m.points[0], m.points[1]);
+  if (m.kind === "area") return area(regions, m.points);
+  if (m.kind === "velocity") return velocity(regions, m.points[0]);
+  return null;
+}
+
 function label(m, loop) {
-  const regions = loop.info.regions;
-  if (m.kind === "distance") return formatValue(distance(regions, m.points[0], m.points[1]));
-  if (m.kind === "area") return formatValue(area(regions, m.points));
-  return m.label;
+  const r = reading(m, loop);
+  if (!r) return m.label;
+  const text = formatValue(r);
+  // a time caliper in a Doppler region also reads the velocity difference between its ends
+  return r.unit === "ms" && r.y_unit ? `${text} · Δ ${r.y.toFixed(1)} ${r.y_unit}` : text;
 }
 
 function pointerDown(cell, event) {
@@ -397,6 +417,11 @@ function pointerDown(cell, event) {
   if (tool === "distance") {
     draft = { cell, kind: "distance", sop_instance_uid: cell.entry.sop_instance_uid, frame, points: [p, p] };
     cell.image.setPointerCapture(event.pointerId);
+  } else if (tool === "velocity") {
+    // a velocity exists only on a Doppler scale: elsewhere say so, and keep nothing unsavable
+    if (velocity(regionsAt(cell.loop.info, frame - 1), p).calibrated) {
+      addMeasurement({ cell, kind: "velocity", sop_instance_uid: cell.entry.sop_instance_uid, frame, points: [p] });
+    } else status("Velocity: click inside a spectral Doppler region (no velocity scale here)", true);
   } else if (draft && draft.cell === cell) {
     draft.points.push(p);
   } else {
@@ -437,6 +462,7 @@ function addMeasurement(d) {
   const m = { id: String(nextId++), kind: d.kind, sop_instance_uid: d.sop_instance_uid, frame: d.frame, points: d.points.map(([x, y]) => [x, y]), label: d.label || "" };
   if (m.kind === "lv") measurements = measurements.filter((o) => !(o.kind === "lv" && o.label === m.label));
   m.text = label(m, d.cell.loop);
+  m.reading = reading(m, d.cell.loop);
   measurements.push(m);
   refreshPanel();
   markDirty();
@@ -447,8 +473,8 @@ function markDirty() {
   $("save-state").textContent = "not saved";
 }
 
-async function regionsOf(sop) {
-  return (await getLoop(sop)).info.regions;
+async function regionsOf(sop, frame) {
+  return regionsAt((await getLoop(sop)).info, frame - 1);
 }
 
 async function refreshPanel() {
@@ -471,7 +497,7 @@ async function refreshPanel() {
   }
   const contours = {};
   for (const m of measurements.filter((o) => o.kind === "lv")) {
-    const mm = toMillimetres(await regionsOf(m.sop_instance_uid), m.points);
+    const mm = toMillimetres(await regionsOf(m.sop_instance_uid, m.frame), m.points);
     if (mm) contours[m.label] = mm;
   }
   const result = lvVolumes(contours);
@@ -523,7 +549,7 @@ async function exportVideo() {
     const blob = await (await send(`${loopPath(sop)}/export.mp4`, "POST", body)).blob();
     const link = $("video-link");
     link.href = URL.createObjectURL(blob);
-    link.download = `loop-${sop}.mp4`;
+    link.download = `loop-${sop.replaceAll("/", "-")}.mp4`;
     link.hidden = false;
     link.click();
     status("Video ready.");
@@ -537,7 +563,8 @@ async function loadSaved() {
   if (!response.ok) return;
   const saved = await response.json();
   for (const m of saved.measurements) {
-    measurements.push({ ...m, text: m.kind === "lv" ? m.label : formatValue({ value: m.value, unit: m.unit === "cm2" ? "cm²" : m.unit }) });
+    const text = m.kind === "lv" ? m.label : formatValue({ value: m.value, unit: m.unit === "cm2" ? "cm²" : m.unit });
+    measurements.push({ ...m, text, reading: m.kind === "lv" ? null : { value: m.value, unit: m.unit, calibrated: m.calibrated } });
     nextId = Math.max(nextId, Number(m.id) + 1 || nextId);
   }
   if (saved.saved_at) $("save-state").textContent = `saved ${saved.saved_at}`;
@@ -623,6 +650,7 @@ window.cardiology = {
       loaded: c.loop ? c.loop.loaded : 0,
       frames: c.loop ? c.loop.frames.length : 0,
       fps: c.loop ? c.loop.info.fps : null,
+      ecg: c.loop && c.loop.ecg ? c.loop.ecg.source || "WaveformSequence" : null,
       phase: c.loop && c.shown >= 0 ? (() => {
         const cy = c.loop.cycle();
         return (c.loop.times[c.shown] - cy.start) / (cy.end - cy.start);
@@ -630,6 +658,15 @@ window.cardiology = {
     })),
   }),
   measurements: () => payload(),
+  readings: () => measurements.map((m) => ({ id: m.id, kind: m.kind, frame: m.frame, text: m.text, ...(m.reading || {}) })),
+  save,
+  /** Client coordinates of image pixel (x, y) in cell `index`, for tests that click on anatomy. */
+  clientPoint: (index, x, y) => {
+    const canvas = cells[index].image;
+    const rect = canvas.getBoundingClientRect();
+    const scale = Math.min(rect.width / canvas.width, rect.height / canvas.height);
+    return [rect.left + (rect.width - canvas.width * scale) / 2 + x * scale, rect.top + (rect.height - canvas.height * scale) / 2 + y * scale];
+  },
 };
 
 start().catch((error) => status(describeError(error), true));
