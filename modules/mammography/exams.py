@@ -17,6 +17,7 @@ from modules.mammography.views import (
 )
 from server.archive.models import Patient, Study
 from server.context import ServerContext
+from server.security.groups import Scope, visible_studies
 
 
 def chest_wall_side(header: Dataset, laterality: str) -> tuple[str, str]:
@@ -111,8 +112,9 @@ def load_exam(ctx: ServerContext, study_uid: str) -> Exam | None:
     )
 
 
-def patient_mammography_studies(ctx: ServerContext, study_uid: str) -> list[str]:
-    """Study Instance UIDs of the same patient's other studies that hold mammography (newest first)."""
+def patient_mammography_studies(ctx: ServerContext, study_uid: str, scope: Scope | None) -> list[str]:
+    """Study Instance UIDs of the same patient's other studies that hold mammography (newest first),
+    only those within ``scope`` (the requesting user's study groups; None: not limited)."""
     with ctx.archive.sessions() as session:
         patient_pk = session.execute(
             select(Study.patient_pk).where(Study.study_instance_uid == study_uid)
@@ -125,15 +127,16 @@ def patient_mammography_studies(ctx: ServerContext, study_uid: str) -> list[str]
             .where(Study.patient_pk == patient_pk)
             .where(Study.study_instance_uid != study_uid)
             .where(Study.modalities_in_study.contains("MG"))
+            .where(visible_studies(scope))
             .order_by(Study.study_date.desc(), Study.study_time.desc())
         ).all()
     return [row[0] for row in rows]
 
 
-def load_prior_candidates(ctx: ServerContext, current: Exam) -> list[Exam]:
-    """Every other mammography exam of the patient, read fully (newest first)."""
+def load_prior_candidates(ctx: ServerContext, current: Exam, scope: Scope | None) -> list[Exam]:
+    """Every other mammography exam of the patient the user may see, read fully (newest first)."""
     exams = []
-    for uid in patient_mammography_studies(ctx, current.study_instance_uid):
+    for uid in patient_mammography_studies(ctx, current.study_instance_uid, scope):
         exam = load_exam(ctx, uid)
         if exam is not None and exam.images:
             exams.append(exam)

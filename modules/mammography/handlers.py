@@ -150,10 +150,13 @@ class HangingHandler(MammographyHandler):
             raise ProblemError(404, f"no study {study_uid} in the archive")
         if not current.images:
             raise ProblemError(404, f"study {study_uid} holds no mammography images")
-        candidates = select_priors(current, load_prior_candidates(self.ctx, current), count=100)
+        # the priors are studies the URL does not name: only those in the user's groups are offered
+        scope = self.identity.scope if self.identity is not None else None
+        everything = load_prior_candidates(self.ctx, current, scope)
+        candidates = select_priors(current, everything, count=100)
         try:
             if chosen:
-                by_uid = {c.study_instance_uid: c for c in load_prior_candidates(self.ctx, current)}
+                by_uid = {c.study_instance_uid: c for c in everything}
                 missing = [uid for uid in chosen if uid not in by_uid]
                 if missing:
                     raise ProblemError(404, f"{missing[0]} is not a mammography study of this patient")

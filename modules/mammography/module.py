@@ -70,22 +70,25 @@ class MammographyModule:
         ]
 
     def on_instance_stored(self, event: InstanceStored) -> None:
-        """A new (or replaced) image: drop what was open, and build its pyramid ahead of the reader."""
+        """A new (or replaced) image: drop what this process has open of it."""
         if event.sop_class_uid not in IMAGE_SOP_CLASSES or self.ctx is None or self.library is None:
             return
         self.library.forget(event.sop_instance_uid)
         forget_dicom_image(self.ctx, event.sop_instance_uid)
-        if self.ctx.settings.extra.get("mammography_prebuild", True):
-            self.ctx.executor.submit(self._prebuild, event.sop_instance_uid)
 
-    def _prebuild(self, sop_instance_uid: str) -> None:
-        assert self.library is not None
-        try:
-            self.library.open(sop_instance_uid, 0)
-        except Exception:
-            log.warning(
-                "pyramid of %s could not be built ahead; it is retried on first view", sop_instance_uid
-            )
+    def wants_job(self, event: InstanceStored) -> bool:
+        """Every image gets its pyramid built ahead of the reader (unless turned off)."""
+        return (
+            event.sop_class_uid in IMAGE_SOP_CLASSES
+            and self.ctx is not None
+            and bool(self.ctx.settings.extra.get("mammography_prebuild", True))
+        )
+
+    def run_job(self, event: InstanceStored) -> None:
+        """Build the image's pyramid; idempotent, as a built pyramid is found and reused."""
+        if self.library is None:
+            raise RuntimeError("the mammography module is not set up")
+        self.library.open(event.sop_instance_uid, 0)
 
     def viewer_url(self, study_instance_uid: str, series_instance_uid: str) -> str:
         return f"/mammography/static/viewer.html?study={study_instance_uid}&series={series_instance_uid}"

@@ -108,7 +108,7 @@ class OrthopedicsService:
                 return
             blobs = self.ctx.archive.blobs
             result = templates_from_datasets(
-                (uid, read_template_file(blobs.path_for(digest))) for uid, digest in sorted(stored)
+                (uid, read_template_file(blobs.local_path(digest))) for uid, digest in sorted(stored)
             )
             self.library.set_imported(result.templates, result.problems)
             self._imported_from = stored
