@@ -39,11 +39,13 @@ def test_store_find_and_refusals_are_audited(tessera_server_factory: Callable[..
         assert all(int(assoc.send_c_store(ds).Status) == 0 for ds in slices)
     finally:
         assoc.release()
-    stranger = _associate(server, "STRANGER", [build_context(CTImageStorage, [ExplicitVRLittleEndian])])
-    try:
-        assert int(stranger.send_c_store(slices[0]).Status) == 0x0124
-    finally:
-        stranger.release()
+    stranger = AE(ae_title="STRANGER").associate(
+        "127.0.0.1",
+        server.dicom_port,
+        contexts=[build_context(CTImageStorage, [ExplicitVRLittleEndian])],
+        ae_title="TESSERA",
+    )
+    assert stranger.is_rejected  # an unknown calling AE title does not get an association
     from pydicom import Dataset
 
     query = Dataset()
@@ -70,7 +72,7 @@ def test_store_find_and_refusals_are_audited(tessera_server_factory: Callable[..
     assert stored[0]["ae_title"] == "MODALITY1" and stored[0]["client_address"] == "127.0.0.1"
     assert stored[0]["event_type"] == "C-STORE" and stored[0]["outcome"] == 0
     alerts, _ = audit.query(AuditFilter(event_id=SECURITY_ALERT))
-    assert any(a["ae_title"] == "STRANGER" and a["event_type"] == "C-STORE" for a in alerts)
+    assert any(a["ae_title"] == "STRANGER" and a["event_type"] == "A-ASSOCIATE" for a in alerts)
     queries, _ = audit.query(AuditFilter(event_id=QUERY, study_uid=study))
     assert (
         len(queries) == 1 and queries[0]["event_type"] == "C-FIND" and queries[0]["objects"]["matches"] == 1

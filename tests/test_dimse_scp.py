@@ -40,7 +40,7 @@ from server.dimse.service import DimseService, start_dimse
 
 SCU = "MODALITY1"  # a known peer
 MOVE_DESTINATION = "STORESCP"  # a known peer: DCMTK storescp
-STRANGER = "STRANGER"  # not configured
+STRANGER = "STRANGER"  # not configured: its associations are rejected
 
 
 def _free_port() -> int:
@@ -131,7 +131,7 @@ def _association(scp: Scp, calling: str, contexts: list, **kwargs: object):  # t
 
 
 def _echo_ok(scp: Scp) -> bool:
-    assoc = _association(scp, STRANGER, [build_context(Verification)])
+    assoc = _association(scp, SCU, [build_context(Verification)])
     try:
         return int(assoc.send_c_echo().Status) == 0
     finally:
@@ -169,9 +169,21 @@ def _identifier(level: str, **keys: object) -> Dataset:
 # -- C-ECHO and C-STORE ------------------------------------------------------------------------
 
 
-def test_echo_is_open_to_unknown_calling_ae(scp: Scp) -> None:
+def _rejected(scp: Scp, calling: str, contexts: list) -> bool:  # type: ignore[type-arg]
+    ae = AE(ae_title=calling)
+    assoc = ae.associate("127.0.0.1", scp.port, contexts=contexts, ae_title="TESSERA")
+    if assoc.is_established:
+        assoc.release()
+        return False
+    return bool(assoc.is_rejected)
+
+
+def test_unknown_calling_ae_is_rejected_at_association(scp: Scp) -> None:
     result = _dcmtk("echoscu", "-aet", STRANGER, "-aec", "TESSERA", "127.0.0.1", scp.port)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode != 0
+    assert "Calling AE Title Not Recognized" in result.stderr + result.stdout, result.stderr
+    assert _rejected(scp, STRANGER, [build_context(Verification)])
+    assert _echo_ok(scp)  # known peers still associate
 
 
 def test_association_to_another_called_ae_is_rejected(scp: Scp) -> None:
@@ -222,9 +234,7 @@ def _store(scp: Scp, ds: Dataset, calling: str = SCU) -> Dataset:
 def test_unknown_calling_ae_may_not_store(scp: Scp, tmp_path: Path) -> None:
     before = scp.count()
     ds = _stray_ct("ACC-9001")
-    status = _store(scp, ds, calling=STRANGER)
-    assert int(status.Status) == 0x0124
-    assert "not a known peer" in status.ErrorComment
+    assert _rejected(scp, STRANGER, [build_context(ds.SOPClassUID, [ExplicitVRLittleEndian])])
     result = _dcmtk(
         "storescu", "-aet", STRANGER, "-aec", "TESSERA", "127.0.0.1", scp.port, radiology.write(ds, tmp_path)
     )
@@ -372,8 +382,7 @@ def test_find_at_every_level_with_pynetdicom(scp: Scp, stored: list[Path]) -> No
 
 
 def test_unknown_calling_ae_may_not_find(scp: Scp, stored: list[Path]) -> None:
-    statuses, found = _find(scp, _identifier("STUDY", StudyInstanceUID=""), calling=STRANGER)
-    assert statuses == [0x0124] and found == []
+    assert _rejected(scp, STRANGER, [build_context(StudyRootQueryRetrieveInformationModelFind)])
     assert _echo_ok(scp)
 
 
@@ -437,22 +446,11 @@ def test_getscu_retrieves_a_series(scp: Scp, stored: list[Path], tmp_path: Path)
 
 
 def test_unknown_calling_ae_may_not_get(scp: Scp, stored: list[Path]) -> None:
-    study_uid = pydicom.dcmread(stored[0], stop_before_pixels=True).StudyInstanceUID
-    assoc = _association(
-        scp, STRANGER,
+    assert _rejected(
+        scp,
+        STRANGER,
         [build_context(StudyRootQueryRetrieveInformationModelGet), build_context(CTImageStorage)],
-        ext_neg=[build_role(CTImageStorage, scp_role=True)],
-        evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
-    )  # fmt: skip
-    try:
-        responses = list(
-            assoc.send_c_get(
-                _identifier("STUDY", StudyInstanceUID=study_uid), StudyRootQueryRetrieveInformationModelGet
-            )
-        )
-    finally:
-        assoc.release()
-    assert int(responses[-1][0].Status) == 0x0124
+    )
 
 
 # -- C-MOVE --------------------------------------------------------------------------------
@@ -515,10 +513,8 @@ def test_move_to_unknown_destination_is_refused(scp: Scp, stored: list[Path]) ->
 
 def test_unknown_calling_ae_may_not_move(scp: Scp, stored: list[Path], storescp: Path) -> None:
     study_uid = pydicom.dcmread(stored[0], stop_before_pixels=True).StudyInstanceUID
-    statuses = _move(
-        scp, _identifier("STUDY", StudyInstanceUID=study_uid), MOVE_DESTINATION, calling=STRANGER
-    )
-    assert len(statuses) == 1 and int(statuses[0].Status) != 0
+    assert study_uid
+    assert _rejected(scp, STRANGER, [build_context(StudyRootQueryRetrieveInformationModelMove)])
     assert list(storescp.iterdir()) == []
     assert _echo_ok(scp)
 

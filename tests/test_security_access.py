@@ -322,7 +322,9 @@ def test_idle_timeout_lifetime_and_revocation(
     time.sleep(1.3)
     assert http.get(f"{secure.url}/dicom-web/studies").status_code == 401  # idle
 
-    secure2 = start_secure(tessera_server_factory, session_idle_timeout=60, session_lifetime=2)
+    secure2 = start_secure(
+        tessera_server_factory, session_idle_timeout=60, session_lifetime=2, credential_cache_seconds=1
+    )
     http = secure2.login("viewer")
     for _ in range(3):  # in use all along, still ends at its absolute lifetime
         assert http.get(f"{secure2.url}/dicom-web/studies").status_code in (200, 204)
@@ -336,14 +338,33 @@ def test_idle_timeout_lifetime_and_revocation(
     assert http.get(f"{secure2.url}/dicom-web/studies").status_code == 401
     token_id = next(t.id for t in accounts.list_tokens("viewer"))
     assert requests.get(f"{secure2.url}/dicom-web/studies", headers=secure2.bearer("viewer")).ok
-    accounts.revoke_token(token_id)
+    accounts.revoke_token(token_id)  # by another process (the CLI): this one notices within 1 s
+    time.sleep(1.1)
     assert (
         requests.get(f"{secure2.url}/dicom-web/studies", headers=secure2.bearer("viewer")).status_code == 401
     )
     http = secure2.login("auditor")
     accounts.set_disabled("auditor", True)
+    time.sleep(1.1)
     assert http.get(f"{secure2.url}/api/audit").status_code == 401
     assert requests.get(f"{secure2.url}/api/audit", headers=secure2.bearer("auditor")).status_code == 401
+
+
+def test_credentials_are_looked_up_once_per_interval_and_logout_is_immediate(
+    tessera_server_factory: Callable[..., BackgroundServer],
+) -> None:
+    secure = start_secure(tessera_server_factory, credential_cache_seconds=30)
+    accounts = security_of(secure.server.ctx).accounts
+    token_id = next(t.id for t in accounts.list_tokens("viewer"))
+    assert requests.get(f"{secure.url}/dicom-web/studies", headers=secure.bearer("viewer")).ok
+    accounts.revoke_token(token_id)  # behind this process's back: the cached lookup stands
+    assert requests.get(f"{secure.url}/dicom-web/studies", headers=secure.bearer("viewer")).ok
+    admin = secure.login("administrator")  # any change through the API makes this process re-check
+    assert admin.get(f"{secure.url}/dicom-web/studies").status_code in (200, 204)
+    assert requests.get(f"{secure.url}/dicom-web/studies", headers=secure.bearer("viewer")).status_code == 401
+    xsrf = {XSRF_HEADER: admin.cookies[XSRF_COOKIE]}
+    assert admin.delete(f"{secure.url}/api/session", headers=xsrf).status_code == 204
+    assert admin.get(f"{secure.url}/dicom-web/studies").status_code == 401  # logout: at once
 
 
 def test_repeated_wrong_passwords_lock_the_account(secure: SecureServer) -> None:

@@ -166,6 +166,9 @@ class QuerySCP:
             return
         try:
             request = find_request(event.identifier, str(event.request.AffectedSOPClassUID), self.limit)
+            scope = self.access.scope(calling_ae)
+            if scope is not None:  # the AE's account is limited to study groups
+                request.spec.scope = scope.condition()
             with self.archive.sessions() as session:
                 results = run_query(session, request.spec)
         except IdentifierError as exc:

@@ -34,6 +34,7 @@ from server.dimse.query import (
 )
 from server.dimse.storage import status_dataset
 from server.dimse.transport import handle_connection_open
+from server.security.groups import Scope
 
 log = logging.getLogger(__name__)
 OUT_OF_RESOURCES_SUBOPERATIONS = 0xA702  # Refused: out of resources, unable to perform sub-operations
@@ -51,7 +52,7 @@ def _key(identifier: Dataset, keyword: str) -> str:
 
 
 def instances_for_identifier(
-    archive: Archive, identifier: Dataset, information_model: str
+    archive: Archive, identifier: Dataset, information_model: str, scope: Scope | None = None
 ) -> list[StoredInstance]:
     """The stored instances a C-GET/C-MOVE identifier names (by unique keys, lists allowed)."""
     level = query_level(identifier, information_model)
@@ -65,6 +66,8 @@ def instances_for_identifier(
             matches[keyword] = upper  # relational SCUs may leave them out; hierarchical ones narrow
     spec_level = QueryLevel.STUDY if level is QueryLevel.PATIENT else level
     spec = QuerySpec(level=spec_level, matches=matches, limit=MAX_SUBOPERATIONS + 1)
+    if scope is not None:  # studies outside the AE's groups are not there for it
+        spec.scope = scope.condition()
     try:
         with archive.sessions() as session:
             results = run_query(session, spec)
@@ -141,7 +144,10 @@ class RetrieveSCP:
             return
         try:
             instances = instances_for_identifier(
-                self.archive, event.identifier, str(event.request.AffectedSOPClassUID)
+                self.archive,
+                event.identifier,
+                str(event.request.AffectedSOPClassUID),
+                self.access.scope(calling_ae),
             )
         except IdentifierError as exc:
             yield 1
@@ -182,7 +188,10 @@ class RetrieveSCP:
         instances: list[StoredInstance] = []
         try:
             instances = instances_for_identifier(
-                self.archive, event.identifier, str(event.request.AffectedSOPClassUID)
+                self.archive,
+                event.identifier,
+                str(event.request.AffectedSOPClassUID),
+                self.access.scope(calling_ae),
             )
             contexts = storage_contexts_for(instances)
         except IdentifierError as exc:

@@ -14,7 +14,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from server.config import Settings
 from server.context import ServerContext
-from server.dimse.access import PduLimit, PeerDirectory
+from server.dimse.access import AccountAwareAE, PduLimit, PeerDirectory, rejection_recorder
 from server.dimse.audit import DimseAudit
 from server.dimse.contexts import (
     QUERY_RETRIEVE_SOP_CLASSES,
@@ -26,13 +26,15 @@ from server.dimse.query import QuerySCP
 from server.dimse.retrieve import RetrieveSCP
 from server.dimse.storage import StorageSCP
 from server.dimse.transport import handle_connection_open
+from server.security.service import security_of
+from server.security.transport import dicom_ssl_context
 
 log = logging.getLogger(__name__)
 
 
-def configured_ae(settings: Settings) -> AE:
+def configured_ae(settings: Settings, kind: type[AE] = AE) -> AE:
     """An AE with the deployment's title, limits and timeouts (shared by SCP and SCU roles)."""
-    ae = AE(ae_title=settings.ae_title)
+    ae = kind(ae_title=settings.ae_title)
     ae.maximum_associations = settings.dicom_max_associations
     ae.maximum_pdu_size = settings.dicom_max_pdu
     ae.acse_timeout = settings.dicom_acse_timeout
@@ -70,8 +72,10 @@ class DimseService:
 def start_dimse(ctx: ServerContext) -> DimseService:
     """Listen for associations on ``settings.dicom_port`` (0 picks a free port) without blocking."""
     settings = ctx.settings
-    peers = PeerDirectory.from_settings(settings)
-    ae = configured_ae(settings)
+    peers = PeerDirectory.from_settings(settings, security_of(ctx))
+    ae = configured_ae(settings, AccountAwareAE)
+    assert isinstance(ae, AccountAwareAE)
+    ae.directory = peers  # unknown calling AE titles: association rejected
     ae.require_called_aet = True
     add_scp_contexts(ae)
     pdu_limit = PduLimit(settings.dicom_max_pdu)
@@ -86,9 +90,21 @@ def start_dimse(ctx: ServerContext) -> DimseService:
         (evt.EVT_C_MOVE, retrieve.handle_move),
         (evt.EVT_DATA_RECV, pdu_limit.handle_data_received),
         (evt.EVT_CONN_OPEN, handle_connection_open),
+        (evt.EVT_REJECTED, rejection_recorder(peers, audit)),
     ]
-    server = ae.start_server((settings.host, settings.dicom_port), block=False, evt_handlers=handlers)
+    server = ae.start_server(
+        (settings.host, settings.dicom_port),
+        block=False,
+        evt_handlers=handlers,
+        ssl_context=dicom_ssl_context(settings),  # DICOM TLS when configured
+    )
     assert server is not None
     service = DimseService(ae, server)
-    log.info("DICOM %s listening on %s:%d", settings.ae_title, settings.host, service.port)
+    log.info(
+        "DICOM %s listening on %s:%d%s",
+        settings.ae_title,
+        settings.host,
+        service.port,
+        " (DICOM TLS)" if settings.dicom_tls_cert else "",
+    )
     return service

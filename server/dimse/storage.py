@@ -144,6 +144,22 @@ class StorageSCP:
             temp_path.unlink(missing_ok=True)
             log.warning("C-STORE from %r: cannot write the temp file: %s", calling_ae, exc)
             return status_dataset(OUT_OF_RESOURCES, f"storage error: {exc.strerror or exc}")
+        security = self.access.security if self.access is not None else None
+        scope = self.access.scope(calling_ae) if self.access is not None else None
+        # An AE whose account is limited to study groups stores only into them.
+        if (
+            scope is not None
+            and security is not None
+            and not security.may_store_files(scope, [temp_path])[0][0]
+        ):
+            temp_path.unlink(missing_ok=True)
+            reason = "outside the study groups of this AE's account"
+            if self.audit is not None:
+                try:
+                    self.audit.stored(event, "", "", False, reason)
+                except AuditUnavailable:
+                    return status_dataset(OUT_OF_RESOURCES, "the audit trail cannot be written")
+            return status_dataset(NOT_AUTHORIZED, reason)
         outcome = self.archive.ingest_temp(temp_path, digest.hexdigest())
         if self.audit is not None:
             try:

@@ -11,14 +11,16 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, exists, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.security.models import ApiToken, LoginSession, User
+from server.security.groups import Emergency, Scope, load_scope
+from server.security.models import ApiToken, DicomAccount, LoginSession, User, UserStudyGroup
 from server.security.policy import Role
 
 MIN_PASSWORD_LENGTH = 12
@@ -57,6 +59,11 @@ class Identity:
     user_id: int | None = None
     session_id: int | None = None
     xsrf_token: str | None = None
+    # Limited to study groups (server/security/groups.py); None: sees every study. An active
+    # break-glass period sets ``emergency`` and lifts the scope.
+    scope: Scope | None = None
+    emergency: Emergency | None = None
+    expires_at: dt.datetime | None = None  # the session's or token's end (UTC), if it has one
 
 
 LOCAL_IDENTITY = Identity(username="", role=Role.ADMINISTRATOR, method="none")
@@ -248,13 +255,13 @@ class Accounts:
         now = now_utc()
         with self.sessions() as session:
             row = session.execute(
-                select(LoginSession, User)
+                select(LoginSession, User, _limited())
                 .join(User, LoginSession.user_id == User.id)
                 .where(LoginSession.session_hash == digest(secret))
             ).first()
             if row is None:
                 return None
-            login, user = row
+            login, user, limited = row
             last_seen = as_utc(login.last_seen_at)
             if (
                 login.revoked_at is not None
@@ -269,7 +276,16 @@ class Accounts:
                     update(LoginSession).where(LoginSession.id == login.id).values(last_seen_at=now)
                 )
                 session.commit()
-            return Identity(user.username, Role(user.role), "session", user.id, login.id, login.xsrf_token)
+            identity = Identity(
+                user.username,
+                Role(user.role),
+                "session",
+                user.id,
+                login.id,
+                login.xsrf_token,
+                expires_at=as_utc(login.expires_at),
+            )
+            return _with_scope(session, identity, now) if limited else identity
 
     def logout(self, session_id: int) -> None:
         with self.sessions.begin() as session:
@@ -306,13 +322,13 @@ class Accounts:
         now = now_utc()
         with self.sessions() as session:
             row = session.execute(
-                select(ApiToken, User)
+                select(ApiToken, User, _limited())
                 .join(User, ApiToken.user_id == User.id)
                 .where(ApiToken.token_hash == digest(secret))
             ).first()
             if row is None:
                 return None
-            token, user = row
+            token, user, limited = row
             if (
                 token.revoked_at is not None
                 or user.disabled
@@ -322,7 +338,9 @@ class Accounts:
             if token.last_used_at is None or (now - as_utc(token.last_used_at)).total_seconds() > 60:
                 session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
                 session.commit()
-            return Identity(user.username, Role(user.role), "token", user.id)
+            expires = as_utc(token.expires_at) if token.expires_at is not None else None
+            identity = Identity(user.username, Role(user.role), "token", user.id, expires_at=expires)
+            return _with_scope(session, identity, now) if limited else identity
 
     def list_tokens(self, username: str | None = None) -> list[TokenInfo]:
         with self.sessions() as session:
@@ -359,6 +377,54 @@ class Accounts:
                 token.revoked_at = now_utc()
             return str(username)
 
+    # -- DIMSE: calling AE titles acting as accounts -----------------------------------------
+
+    def map_ae_title(self, ae_title: str, username: str) -> None:
+        """The AE title acts as this user over DIMSE (its role and study groups apply)."""
+        ae_title = ae_title.strip()
+        if not ae_title or len(ae_title) > 16 or "\\" in ae_title or not ae_title.isprintable():
+            raise AccountError("an AE title is 1-16 printable characters without backslash")
+        with self.sessions.begin() as session:
+            user = self._user(session, username)
+            row = session.scalar(select(DicomAccount).where(DicomAccount.ae_title == ae_title))
+            if row is None:
+                session.add(DicomAccount(ae_title=ae_title, user_id=user.id, created_at=now_utc()))
+            else:
+                row.user_id = user.id
+
+    def unmap_ae_title(self, ae_title: str) -> None:
+        with self.sessions.begin() as session:
+            row = session.scalar(select(DicomAccount).where(DicomAccount.ae_title == ae_title.strip()))
+            if row is None:
+                raise AccountError(f"AE title {ae_title!r} is not mapped to an account")
+            session.delete(row)
+
+    def ae_titles(self, *, enabled_only: bool = False) -> dict[str, str]:
+        """AE title -> user name, for every mapped title (or those of enabled users)."""
+        query = (
+            select(DicomAccount.ae_title, User.username)
+            .join(User, DicomAccount.user_id == User.id)
+            .order_by(DicomAccount.ae_title)
+        )
+        if enabled_only:
+            query = query.where(User.disabled.is_(False))
+        with self.sessions() as session:
+            return dict(session.execute(query).all())
+
+    def resolve_ae_title(self, ae_title: str) -> Identity | None:
+        """The enabled account a calling AE title acts as, or None."""
+        with self.sessions() as session:
+            row = session.execute(
+                select(User, _limited())
+                .join(DicomAccount, DicomAccount.user_id == User.id)
+                .where(DicomAccount.ae_title == ae_title.strip())
+            ).first()
+            if row is None or row[0].disabled:
+                return None
+            user, limited = row
+            identity = Identity(user.username, Role(user.role), "dimse", user.id)
+            return _with_scope(session, identity, now_utc()) if limited else identity
+
     # -- helpers ------------------------------------------------------------------------------
 
     @staticmethod
@@ -376,6 +442,18 @@ class Accounts:
             .values(revoked_at=now_utc())
         )
         return int(getattr(result, "rowcount", 0) or 0)
+
+
+def _limited() -> Any:
+    """Whether the user is limited to study groups: part of the credential query, so users
+    without groups pay nothing more per request."""
+    return exists(select(UserStudyGroup.user_id).where(UserStudyGroup.user_id == User.id)).label("limited")
+
+
+def _with_scope(session: Session, identity: Identity, now: dt.datetime) -> Identity:
+    assert identity.user_id is not None
+    scope, emergency = load_scope(session, identity.user_id, now)
+    return replace(identity, scope=None if emergency else scope, emergency=emergency)
 
 
 def _verify(password_hash: str, password: str) -> bool:

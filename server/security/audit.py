@@ -43,6 +43,9 @@ LOGOUT = "110123"
 SECURITY_CONFIGURATION = "110129"
 SECURITY_ROLES_CHANGED = "110136"
 USER_SECURITY_ATTRIBUTES_CHANGED = "110137"
+# PS3.16 CID 402 Security Alert Type Code: break-glass (with event ID 110113 Security Alert)
+EMERGENCY_OVERRIDE_STARTED = "110127"
+EMERGENCY_OVERRIDE_STOPPED = "110138"
 
 EVENT_NAMES = {
     APPLICATION_ACTIVITY: "Application Activity",
@@ -62,6 +65,8 @@ EVENT_NAMES = {
     SECURITY_CONFIGURATION: "Security Configuration",
     SECURITY_ROLES_CHANGED: "Security Roles Changed",
     USER_SECURITY_ATTRIBUTES_CHANGED: "User Security Attributes Changed",
+    EMERGENCY_OVERRIDE_STARTED: "Emergency Override Started",
+    EMERGENCY_OVERRIDE_STOPPED: "Emergency Override Stopped",
 }
 
 # EventOutcomeIndicator

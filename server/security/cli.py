@@ -24,6 +24,7 @@ from server.security.audit import (
     to_csv_row,
     to_json_line,
 )
+from server.security.groups import RULE_KINDS, GroupError
 from server.security.policy import Role
 from server.security.service import SecurityService
 
@@ -65,6 +66,52 @@ def add_commands(subparsers: Any) -> None:
     token.add_argument("--list", action="store_true", help="list tokens (of USERNAME, or all)")
     token.add_argument("--revoke", type=int, metavar="ID", help="revoke the token with this id")
     token.set_defaults(func=run_users_token)
+
+    groups = users_sub.add_parser(
+        "groups", help="limit a user to study groups (no group name: sees every study again)"
+    )
+    groups.add_argument("username")
+    groups.add_argument("group", nargs="*", help="study group names (see tessera groups list)")
+    groups.set_defaults(func=run_users_groups)
+
+    ae_title = users_sub.add_parser(
+        "ae-title", help="let a calling DICOM AE title act as a user (its role and groups apply)"
+    )
+    ae_title.add_argument("ae_title", nargs="?", help="the calling AE title")
+    ae_title.add_argument("username", nargs="?", help="the account it acts as")
+    ae_title.add_argument("--remove", action="store_true", help="forget the AE title (it is then refused)")
+    ae_title.add_argument("--list", action="store_true", help="list AE titles and their accounts")
+    ae_title.set_defaults(func=run_users_ae_title)
+
+    study_groups = subparsers.add_parser(
+        "groups", help="define study groups (access limited to their studies)"
+    )
+    groups_sub = study_groups.add_subparsers(dest="groups_command", required=True, metavar="ACTION")
+    group_set = groups_sub.add_parser(
+        "set",
+        help="create or replace a group",
+        description=(
+            "Rules (all named ones must match; any value of one will do): --modality CT, --sop-class UID, "
+            "--institution NAME, --department NAME, --issuer ISSUER, --study UID; each may be repeated."
+        ),
+    )
+    group_set.add_argument("name")
+    group_set.add_argument("--description", default="")
+    for flag, key in (
+        ("--modality", "modalities"),
+        ("--sop-class", "sop_classes"),
+        ("--institution", "institutions"),
+        ("--department", "departments"),
+        ("--issuer", "issuers"),
+        ("--study", "studies"),
+    ):
+        group_set.add_argument(flag, dest=key, action="append", default=[])
+    group_set.set_defaults(func=run_groups_set)
+    group_list = groups_sub.add_parser("list", help="list groups with their rules and members")
+    group_list.set_defaults(func=run_groups_list)
+    group_remove = groups_sub.add_parser("remove", help="remove a group (its users lose it)")
+    group_remove.add_argument("name")
+    group_remove.set_defaults(func=run_groups_remove)
 
     audit = subparsers.add_parser("audit", help="verify or export the audit trail")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
@@ -130,6 +177,84 @@ def run_users_add(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         service.close()
     print(f"user {args.username} ({args.role}) created")
+    return 0
+
+
+def run_users_groups(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    try:
+        given = service.groups.set_user_groups(args.username, args.group)
+        _record(
+            service, SECURITY_ROLES_CHANGED, f"study groups of {args.username} set to [{', '.join(given)}]"
+        )
+    except (AccountError, GroupError) as exc:
+        return _fail(exc)
+    finally:
+        service.close()
+    print(f"{args.username}: " + (", ".join(given) if given else "every study (no group limit)"))
+    return 0
+
+
+def run_users_ae_title(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    try:
+        if args.list or not args.ae_title:
+            for title, username in service.accounts.ae_titles().items():
+                print(f"{title:<16} {username}")
+            return 0
+        if args.remove:
+            service.accounts.unmap_ae_title(args.ae_title)
+            _record(service, SECURITY_ROLES_CHANGED, f"AE title {args.ae_title} removed")
+            print(f"AE title {args.ae_title} removed: its associations are now rejected")
+            return 0
+        if not args.username:
+            return _fail(AccountError("name the account the AE title acts as"))
+        service.accounts.map_ae_title(args.ae_title, args.username)
+        _record(service, SECURITY_ROLES_CHANGED, f"AE title {args.ae_title} acts as {args.username}")
+        print(f"AE title {args.ae_title} acts as {args.username}")
+        return 0
+    except AccountError as exc:
+        return _fail(exc)
+    finally:
+        service.close()
+
+
+def run_groups_set(args: argparse.Namespace, settings: Settings) -> int:
+    rules = {key: getattr(args, key) for key in RULE_KINDS if getattr(args, key)}
+    service = _service(settings)
+    try:
+        info = service.groups.save_group(args.name, rules, args.description)
+        _record(service, SECURITY_ROLES_CHANGED, f"study group {info.name} set to {info.rules}")
+    except GroupError as exc:
+        return _fail(exc)
+    finally:
+        service.close()
+    print(f"study group {info.name}: {info.rules}")
+    return 0
+
+
+def run_groups_list(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    try:
+        groups = service.groups.list_groups()
+    finally:
+        service.close()
+    for group in groups:
+        rules = "; ".join(f"{k}={','.join(v)}" for k, v in group.rules.items())
+        print(f"{group.name:<24} {rules}  members: {', '.join(group.members) or '-'}")
+    return 0
+
+
+def run_groups_remove(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    try:
+        service.groups.delete_group(args.name)
+        _record(service, SECURITY_ROLES_CHANGED, f"study group {args.name} removed")
+    except GroupError as exc:
+        return _fail(exc)
+    finally:
+        service.close()
+    print(f"study group {args.name} removed")
     return 0
 
 

@@ -9,7 +9,9 @@ whose access is not yet on disk. See docs/security.md.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -28,6 +30,7 @@ from server.security.audit import (
     AuditRecord,
     outcome_of_status,
 )
+from server.security.groups import Scope
 from server.security.policy import SAFE_METHODS, Permission, allows, default_permission
 from server.security.service import SecurityService, security_of
 
@@ -39,6 +42,7 @@ XSRF_COOKIE = "tessera_xsrf"  # readable by the page's scripts, echoed in XSRF_H
 XSRF_HEADER = "X-XSRF-Token"
 DOTTED_UID = re.compile(r"[0-9]+(?:\.[0-9]+)+")
 MAX_NAMED_UIDS = 10
+MAX_SCOPED_UIDS = 200  # objects one request of a user limited to study groups may name
 # Core routes that carry no patient data (paths are fixed by server/web/app.py).
 CORE_PERMISSIONS: tuple[tuple[re.Pattern[str], Permission], ...] = (
     (re.compile(r"/api/health/?"), Permission.PUBLIC),
@@ -110,18 +114,95 @@ async def authorize(handler: Any) -> Identity | None:
             raise AccessDenied(403, f"missing or wrong {XSRF_HEADER} header for this session")
     if not allows(identity.role, permission):
         raise AccessDenied(403, f"the {identity.role.value} role may not do this")
+    if identity.scope is not None and permission in (Permission.READ, Permission.WRITE):
+        await _check_scope(handler, identity.scope)
     return identity
+
+
+async def _check_scope(handler: Any, scope: Scope) -> None:
+    """A limited user naming an object of a study outside their groups gets 404, as if it did not
+    exist (a 403 would confirm that it does). Lists are filtered in their queries instead."""
+    uids = [
+        part
+        for v in [*(handler.path_args or ()), *(handler.path_kwargs or {}).values()]
+        if isinstance(v, str)
+        for part in v.split("/")  # an argument may carry a UID inside it: cardiology's group/{series}/{n}
+        if DOTTED_UID.fullmatch(part)
+    ]
+    if not getattr(type(handler), "scope_filters_query", False):
+        for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "study", "series", "sop"):
+            for raw in handler.request.query_arguments.get(name, []):
+                text = raw.decode("utf-8", "replace")
+                uids.extend(v for v in re.split(r"[,\\]", text) if DOTTED_UID.fullmatch(v))
+    if not uids:
+        return
+    if len(uids) > MAX_SCOPED_UIDS:  # every named object is checked, so their number is bounded
+        raise AccessDenied(400, f"a request may name at most {MAX_SCOPED_UIDS} objects")
+    service = security_of(handler.ctx)
+    hidden = await handler.ctx.run_blocking(service.hidden_uids, scope, uids)
+    if hidden:
+        raise AccessDenied(404, "no such object in the archive")
+
+
+class CredentialCache:
+    """Identities recently established in this process, by the secret that established them.
+
+    Only successes are kept, for ``credential_cache_seconds``: a request stream (tiles, frames)
+    then costs one database lookup per interval instead of one per request. Logout here forgets
+    the secret at once; a revocation made through another process applies within the interval.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[float, Identity]] = {}
+
+    def get(self, kind: str, secret: str) -> Identity | None:
+        entry = self._entries.get((kind, secret))
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            self._entries.pop((kind, secret), None)
+            return None
+        return entry[1]
+
+    def put(self, kind: str, secret: str, identity: Identity, seconds: float) -> None:
+        """Keep ``identity`` for ``seconds``, never past the session's, token's or break-glass end."""
+        now = dt.datetime.now(dt.UTC)
+        for end in (identity.expires_at, identity.emergency.expires_at if identity.emergency else None):
+            if end is not None:
+                seconds = min(seconds, (end - now).total_seconds())
+        if seconds <= 0:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[(kind, secret)] = (time.monotonic() + seconds, identity)
+
+    def forget(self, kind: str, secret: str) -> None:
+        self._entries.pop((kind, secret), None)
+
+    def clear(self) -> None:
+        """After an administrator's change (disable, revoke, groups): this process re-checks everyone."""
+        self._entries.clear()
+
+
+credential_cache = CredentialCache()
 
 
 async def _credentials(handler: Any, *, strict: bool) -> Identity | None:
     service = security_of(handler.ctx)
+    seconds = handler.ctx.settings.credential_cache_seconds
     header = handler.request.headers.get("Authorization")
     if header:
         scheme, _, secret = header.partition(" ")
         secret = secret.strip()
         identity = None
         if scheme.lower() == "bearer" and secret and len(secret) < 256:
-            identity = await handler.ctx.run_blocking(service.accounts.resolve_token, secret)
+            identity = credential_cache.get("token", secret)
+            if identity is None:
+                identity = await handler.ctx.run_blocking(service.accounts.resolve_token, secret)
+                if identity is not None:
+                    credential_cache.put("token", secret, identity, seconds)
         if identity is None and strict:
             raise AccessDenied(
                 401,
@@ -131,9 +212,13 @@ async def _credentials(handler: Any, *, strict: bool) -> Identity | None:
         return identity
     cookie = handler.get_cookie(SESSION_COOKIE)
     if cookie and len(cookie) < 256:
-        return await handler.ctx.run_blocking(
-            service.accounts.resolve_session, cookie, handler.ctx.settings.session_idle_timeout
-        )
+        identity = credential_cache.get("session", cookie)
+        if identity is None:
+            idle = handler.ctx.settings.session_idle_timeout
+            identity = await handler.ctx.run_blocking(service.accounts.resolve_session, cookie, idle)
+            if identity is not None:  # the idle clock is checked at least twice per idle period
+                credential_cache.put("session", cookie, identity, min(seconds, idle / 2))
+        return identity
     return None
 
 
@@ -188,8 +273,11 @@ def named_uids(handler: Any) -> tuple[list[str], list[str], list[str]]:
     if kwargs.get("study"):
         studies.append(kwargs.pop("study"))
     for value in [*(handler.path_args or ()), *kwargs.values()]:
-        if isinstance(value, str) and DOTTED_UID.fullmatch(value):
-            others.append(value)
+        if isinstance(value, str):
+            if DOTTED_UID.fullmatch(value):
+                others.append(value)
+            elif "/" in value:  # a UID inside an argument, as in cardiology's group/{series}/{n}
+                others.extend(part for part in value.split("/") if DOTTED_UID.fullmatch(part))
     arguments = handler.request.query_arguments
     for name, bucket in (("StudyInstanceUID", studies), ("PatientID", patients)):
         for raw in arguments.get(name, []):
@@ -206,13 +294,22 @@ def named_uids(handler: Any) -> tuple[list[str], list[str], list[str]]:
 
 
 def coalesce_key(
-    record: AuditRecord, studies: list[str], others: list[str], handler: Any
+    handler: Any, spec: AuditSpec, identity: Identity | None, studies: list[str], others: list[str]
 ) -> tuple[Any, ...] | None:
-    """Reads of one object by one user (tiles, frames) are recorded once per window; nothing else is."""
-    if record.event_id != INSTANCES_ACCESSED or record.action != "R":
+    """Reads of one object by one user (tiles, frames) are recorded once per window; nothing else is.
+    Built from the request alone, before any record: a warm tile that is already on record costs
+    only this tuple."""
+    if spec[0] != INSTANCES_ACCESSED or spec[1] != "R":
         return None
-    who = record.username or record.client_address
-    return (who, record.auth_method, type(handler).__name__, tuple(studies), tuple(others), record.outcome)
+    who = identity.username if identity else ""
+    return (
+        who or handler.request.remote_ip or "",
+        identity.method if identity else "anonymous",
+        type(handler).__name__,
+        tuple(studies),
+        tuple(others),
+        outcome_of_status(handler.get_status()),
+    )
 
 
 def write_request_record(

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from server.security import guard
+from server.security.admin import emergency_document
 from server.security.audit import (
     AUDIT_LOG_USED,
     LOGIN,
@@ -34,19 +35,28 @@ class SessionHandler(BaseHandler):
     permissions = {"GET": Permission.PUBLIC, "POST": Permission.PUBLIC, "*": Permission.SIGNED_IN}
     audit_events: ClassVar[Mapping[str, tuple[str, str, str]] | None] = {}  # login/logout: recorded below
 
-    def get(self) -> None:
+    async def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
         if not self.ctx.settings.authentication_required:
             self.write_json({"auth_enabled": False, "username": None, "role": "administrator"})
             return
         if self.identity is None:
             raise ProblemError(401, "not logged in")
+        if self.identity.scope is not None:  # a limited user's lapsed emergency is recorded as stopped
+            await self.run_blocking(security_of(self.ctx).close_expired_emergencies)
         self.write_json(
             {
                 "auth_enabled": True,
                 "username": self.identity.username,
                 "role": self.identity.role.value,
                 "method": self.identity.method,
+                # limited, groups, emergency: only for accounts limited to study groups
+                **(
+                    emergency_document(self.identity)
+                    if self.identity.user_id is not None
+                    and (self.identity.scope is not None or self.identity.emergency is not None)
+                    else {}
+                ),
             }
         )
 
@@ -113,6 +123,7 @@ class SessionHandler(BaseHandler):
             raise ProblemError(400, "this request is not made with a login session")
         service = security_of(self.ctx)
         await self.run_blocking(service.accounts.logout, identity.session_id)
+        guard.credential_cache.forget("session", self.get_cookie(guard.SESSION_COOKIE) or "")
         await self.run_blocking(
             service.record,
             AuditRecord(
@@ -152,6 +163,8 @@ class AuditBase(BaseHandler):
     def audit_filter(self) -> AuditFilter:
         def arg(name: str) -> str | None:
             value = self.get_query_argument(name, None)
+            if value and "\x00" in value:  # PostgreSQL refuses NUL in text
+                raise ProblemError(400, f"{name} may not contain NUL characters")
             return value.strip() if value and value.strip() else None
 
         outcome = arg("outcome")
@@ -179,7 +192,10 @@ class AuditHandler(AuditBase):
             limit = min(MAX_PAGE, max(1, int(self.get_query_argument("limit", "100"))))
         except ValueError as exc:
             raise ProblemError(400, "offset and limit are whole numbers") from exc
+        if offset >= 2**31:  # beyond any SQL integer: the database would fail, not answer
+            raise ProblemError(400, "offset must be below 2147483648")
         service = security_of(self.ctx)
+        await self.run_blocking(service.close_expired_emergencies)  # lapsed break-glass shows as stopped
         records, total = await self.run_blocking(lambda: service.audit.query(flt, offset=offset, limit=limit))
         self.set_header("Cache-Control", "no-store")
         self.write_json({"total": total, "offset": offset, "limit": limit, "records": records})

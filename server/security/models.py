@@ -92,3 +92,48 @@ class AuditChainHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     last_seq: Mapped[int] = mapped_column(Integer)
     last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class StudyGroup(Base):
+    """A named set of studies, defined by rules on study attributes (server/security/groups.py)."""
+
+    __tablename__ = "study_group"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(256), default="")
+    rules: Mapped[str] = mapped_column(Text, default="{}")  # JSON: attribute -> accepted values
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class UserStudyGroup(Base):
+    """A user with at least one row here sees only the studies of those groups."""
+
+    __tablename__ = "user_study_group"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("tessera_user.id"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("study_group.id"), primary_key=True, index=True)
+
+
+class EmergencyAccess(Base):
+    """Break-glass: while active, the user's group limits are lifted (always audited)."""
+
+    __tablename__ = "emergency_access"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("tessera_user.id"), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DicomAccount(Base):
+    """A calling AE title acting as a user account over DIMSE (its role and groups apply)."""
+
+    __tablename__ = "dicom_account"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("tessera_user.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

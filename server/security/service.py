@@ -15,7 +15,20 @@ from sqlalchemy import Engine, event
 from server.archive.database import make_engine, migrate
 from server.config import Settings
 from server.security.accounts import Accounts
-from server.security.audit import AuditRecord, AuditTrail
+from server.security.audit import (
+    EMERGENCY_OVERRIDE_STOPPED,
+    SECURITY_ALERT,
+    AuditRecord,
+    AuditTrail,
+)
+from server.security.groups import (
+    Scope,
+    StudyGroups,
+    StudyLocator,
+    hidden_uids,
+    may_store,
+    read_store_attributes,
+)
 
 _lock = threading.Lock()
 EXTRAS_KEY = "security"
@@ -39,6 +52,8 @@ class SecurityService:
             migrate(self.engine)
         self.accounts = Accounts(self.engine)
         self.audit = AuditTrail(self.engine)
+        self.groups = StudyGroups(self.accounts.sessions)
+        self.locator = StudyLocator()
         self._recent: dict[tuple[Any, ...], float] = {}
         self._recent_lock = threading.Lock()
 
@@ -63,6 +78,45 @@ class SecurityService:
                 cutoff = now - self.settings.audit_coalesce_seconds
                 self._recent = {k: t for k, t in self._recent.items() if t > cutoff}
             self._recent[key] = now
+
+    def close_expired_emergencies(self) -> int:
+        """Blocking: lapsed break-glass periods are ended and each recorded once as stopped."""
+        ended = self.groups.close_expired()
+        for emergency in ended:
+            self.record(
+                AuditRecord(
+                    SECURITY_ALERT,
+                    "E",
+                    event_type=EMERGENCY_OVERRIDE_STOPPED,
+                    outcome_detail=(
+                        f"emergency access of {emergency.username} expired at "
+                        f"{emergency.expires_at:%Y-%m-%dT%H:%M:%SZ}"
+                    ),
+                    username=emergency.username,
+                    auth_method="expiry",
+                )
+            )
+        return len(ended)
+
+    def hidden_uids(self, scope: Scope, uids: list[str]) -> list[str]:
+        """Blocking: the named UIDs whose studies lie outside the scope."""
+        with self.accounts.sessions() as session:
+            return hidden_uids(session, self.locator, scope, uids)
+
+    def may_store_files(self, scope: Scope, paths: list[Any]) -> list[tuple[bool, str, str]]:
+        """Blocking: per file about to be stored, whether the scope lets this user store it (with
+        its SOP class and instance UIDs, for the refusal)."""
+        datasets = [read_store_attributes(p) for p in paths]
+        with self.accounts.sessions() as session:
+            allowed = may_store(session, scope, datasets)
+        return [
+            (
+                ok,
+                str(ds.get("SOPClassUID", "")) if ds else "",
+                str(ds.get("SOPInstanceUID", "")) if ds else "",
+            )
+            for ok, ds in zip(allowed, datasets, strict=True)
+        ]
 
     def close(self) -> None:
         self.engine.dispose()

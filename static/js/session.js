@@ -91,12 +91,70 @@ function showIdentity(session) {
     link.className = "session-audit";
     bar.append(link);
   }
+  if (session.role === "administrator") {
+    const link = document.createElement("a");
+    link.href = "/static/admin.html";
+    link.textContent = "Users";
+    link.className = "session-admin";
+    bar.append(link);
+  }
+  if (session.limited) showEmergency(bar, session);
   const button = document.createElement("button");
   button.type = "button";
   button.id = "sign-out";
   button.textContent = "Sign out";
   button.addEventListener("click", () => signOut());
   bar.append(button);
+}
+
+/** Break-glass: a limited account may lift its study-group limits for a while, giving a reason
+ * (audited); while that lasts every page shows a banner with the reason and the end time. */
+function showEmergency(bar, session) {
+  const active = session.emergency;
+  if (!active) {
+    const start = document.createElement("button");
+    start.type = "button";
+    start.id = "emergency-start";
+    start.textContent = "Emergency access…";
+    start.title = `You see the studies of: ${session.groups.join(", ")}`;
+    start.addEventListener("click", async () => {
+      const reason = window.prompt(
+        "Emergency access shows every study for 60 minutes and is recorded with your reason.\nReason:",
+      );
+      if (!reason) return;
+      const response = await sessionFetch("/api/emergency", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ reason, minutes: 60 }),
+      });
+      if (response.ok) location.reload();
+      else {
+        let detail = "";
+        try { detail = (await response.json()).detail || ""; } catch { /* not JSON */ }
+        window.alert(`Emergency access refused: ${detail || response.status}`);
+      }
+    });
+    bar.append(start);
+    return;
+  }
+  const banner = document.createElement("div");
+  banner.className = "banner emergency";
+  banner.id = "emergency-banner";
+  banner.setAttribute("role", "status");
+  const message = document.createElement("span");
+  message.className = "message";
+  const until = new Date(active.expires_at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  message.textContent = `Emergency access until ${until}: every study is visible and each access is audited. Reason: ${active.reason}`;
+  const stop = document.createElement("button");
+  stop.type = "button";
+  stop.id = "emergency-stop";
+  stop.textContent = "End emergency access";
+  stop.addEventListener("click", async () => {
+    await sessionFetch("/api/emergency", { method: "DELETE" });
+    location.reload();
+  });
+  banner.append(message, stop);
+  bar.after(banner);
 }
 
 async function announce() {
