@@ -16,8 +16,12 @@ from pydicom.pixels import get_decoder, pixel_array
 
 from server.archive.archive import StoredInstance
 from server.archive.pixeldata import FrameLayout
+from server.imaging.codecs import CodestreamMismatch, FrameGeometry, check_codestream, decode_compressed
+from server.isolation import decoder_pool
 
 NATIVE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+DECODE_TIMEOUT = 60.0  # seconds: a decoder still busy after this is stuck on a hostile codestream
 
 
 class FrameDecodeError(ValueError):
@@ -69,12 +73,19 @@ def decode_frame(instance: StoredInstance, header: Dataset, frame: int) -> np.nd
         syntax = (
             "1.2.840.10008.1.2.1" if instance.transfer_syntax_uid in NATIVE else instance.transfer_syntax_uid
         )
-        decoder = get_decoder(syntax)
+        geometry = FrameGeometry(
+            int(header.Rows),
+            int(header.Columns),
+            int(header.get("SamplesPerPixel", 1)),
+            int(header.BitsAllocated),
+        )
+        if syntax not in NATIVE:
+            check_codestream(syntax, data, geometry)  # before any decoder allocates by its header
         options: dict[str, Any] = {
-            "rows": int(header.Rows),
-            "columns": int(header.Columns),
-            "samples_per_pixel": int(header.get("SamplesPerPixel", 1)),
-            "bits_allocated": int(header.BitsAllocated),
+            "rows": geometry.rows,
+            "columns": geometry.columns,
+            "samples_per_pixel": geometry.samples,
+            "bits_allocated": geometry.bits_allocated,
             "bits_stored": int(header.get("BitsStored", header.BitsAllocated)),
             "pixel_representation": int(header.get("PixelRepresentation", 0)),
             "photometric_interpretation": str(header.get("PhotometricInterpretation", "MONOCHROME2")),
@@ -82,15 +93,24 @@ def decode_frame(instance: StoredInstance, header: Dataset, frame: int) -> np.nd
             "planar_configuration": int(header.get("PlanarConfiguration", 0)),
             "pixel_keyword": "PixelData",
         }
-        if syntax not in NATIVE and syntax != "1.2.840.10008.1.2.1":
-            data = encapsulate([data], has_bot=False)  # the decoder reads encapsulated pixel data
-        if syntax == "1.2.840.10008.1.2.4.50" and "pillow" in decoder.available_plugins:
-            options["decoding_plugin"] = "pillow"  # libjpeg-turbo: several times faster for 8-bit baseline
-        array, _ = decoder.as_array(data, index=0, **options)
-        return array
+        if syntax in NATIVE:
+            array, _ = get_decoder(syntax).as_array(data, index=0, **options)
+            return array
+        if syntax == JPEG_BASELINE and "pillow" in get_decoder(syntax).available_plugins:
+            # Baseline JPEG (echo loops, WSI tiles, most ultrasound) is the hot path and stays in
+            # this process: libjpeg-turbo behind Pillow is the most exercised codec there is, and
+            # a round trip to a worker would cost more than the decode. Its SOF was checked above
+            # and Pillow's bomb guard is set (server.imaging.codecs).
+            options["decoding_plugin"] = "pillow"
+            decoder = get_decoder(syntax)
+            array, _ = decoder.as_array(encapsulate([data], has_bot=False), index=0, **options)
+            return array
+        return decoder_pool.run(decode_compressed, syntax, data, options, timeout=DECODE_TIMEOUT)
     except (IndexError, FrameDecodeError):
         raise
-    except Exception as exc:
+    except CodestreamMismatch as exc:
+        raise FrameDecodeError(f"frame {frame + 1} is refused: {exc}") from exc
+    except Exception as exc:  # a decoder's own error, or NativeWorkerFailed when its worker crashed
         raise FrameDecodeError(f"frame {frame + 1} cannot be decoded: {exc}") from exc
 
 
