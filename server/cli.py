@@ -255,6 +255,97 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report.clean or (report.repaired and not report.missing_files) else 1
 
 
+def cmd_export_deidentified(args: argparse.Namespace, settings: Settings) -> int:
+    """Write a study de-identified (PS3.15 Basic Profile) to a folder or a .zip; audited as an export."""
+    from server.archive.deidentify import (
+        BurnedInAnnotationError,
+        archived_study_files,
+        directory_writer,
+        export_study,
+        study_patient_ids,
+        zip_writer,
+    )
+    from server.security.audit import EXPORT, MINOR_FAILURE, SUCCESS, AuditRecord
+    from server.security.cli import _operator
+    from server.security.service import SecurityService
+
+    out = Path(args.out)
+    archive = Archive(settings)
+    security = SecurityService(settings)
+    try:
+        files = archived_study_files(archive, args.study)
+        if not files:
+            print(f"tessera: no study {args.study} in the archive", file=sys.stderr)
+            return 1
+        if out.exists() and (out.is_file() or any(out.iterdir())):
+            print(f"tessera: {out} exists and is not an empty folder; choose a new path", file=sys.stderr)
+            return 2
+        try:
+            key = Path(args.key_file).read_bytes() if args.key_file else None
+        except OSError as exc:
+            print(
+                f"tessera: cannot read the key file {args.key_file}: {exc.strerror or exc}", file=sys.stderr
+            )
+            return 2
+        patients = study_patient_ids(archive, args.study)
+        record = AuditRecord(
+            EXPORT,
+            "R",
+            username=_operator(),
+            auth_method="cli",
+            client_address="local",
+            resource=f"tessera export-deidentified {args.study} --out {out}",
+            study_uids=[args.study],
+            patient_ids=patients,
+        )
+        # Written under a temporary name and put in place only once the audit record is committed.
+        partial = out.parent / f".{out.name}.part"
+        try:
+            if out.suffix.lower() == ".zip":
+                with zipfile.ZipFile(partial, "w") as bundle:
+                    report = export_study(
+                        files, zip_writer(bundle), key=key, leave_out_burned_in=args.leave_out_burned_in
+                    )
+            else:
+                report = export_study(
+                    files, directory_writer(partial), key=key, leave_out_burned_in=args.leave_out_burned_in
+                )
+        except (BurnedInAnnotationError, OSError) as exc:
+            _remove(partial)
+            record.outcome, record.outcome_detail = MINOR_FAILURE, f"refused: {type(exc).__name__}"
+            security.record(record)
+            print(f"tessera: export of {args.study} to {out} failed: {exc}", file=sys.stderr)
+            return 1
+        record.outcome, record.outcome_detail = SUCCESS, "de-identified (PS3.15 E.1 Basic Profile)"
+        record.objects = {
+            "deidentified": ["yes"],
+            "exported_study": [report.study_uid],
+            "left_out": report.left_out,
+        }
+        try:
+            security.record(record)
+        except Exception:
+            _remove(partial)  # an export nobody can account for is not kept
+            raise
+        os.replace(partial, out)
+    finally:
+        security.close()
+        archive.close()
+    for uid in report.left_out:
+        print(f"left out (BurnedInAnnotation=YES): {uid}", file=sys.stderr)
+    print(
+        f"{report.instances} instances in {report.series} series written to {out} as study {report.study_uid}"
+    )
+    return 0
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _deployment_options(parser: argparse.ArgumentParser, default: object) -> None:
     parser.add_argument(
         "--data-dir", default=default, help="data folder (TESSERA_DATA_DIR; default ./tessera-data)"
@@ -310,6 +401,23 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--repair", action="store_true", help="index complete files that have no index row")
     rec.set_defaults(func=cmd_reconcile)
 
+    deid = sub.add_parser(
+        "export-deidentified", help="export a study de-identified (PS3.15 Basic Profile) to a folder or .zip"
+    )
+    deid.add_argument("study", metavar="STUDY_UID")
+    deid.add_argument("--out", required=True, help="a new folder, or a file ending in .zip")
+    deid.add_argument(
+        "--leave-out-burned-in",
+        action="store_true",
+        help="leave out instances with BurnedInAnnotation=YES instead of refusing the export",
+    )
+    deid.add_argument(
+        "--key-file",
+        help="secret key for the UID mapping: the same key maps the same UIDs alike across exports "
+        "(default: a new random key, so exports cannot be linked)",
+    )
+    deid.set_defaults(func=cmd_export_deidentified)
+
     try:
         from server.dimse.cli import add_commands
     except ImportError:
@@ -323,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     from server.security.cli import add_commands as add_security_commands
 
     add_security_commands(sub)
+    from server.jobs.cli import add_commands as add_job_commands
+
+    add_job_commands(sub)
     # The deployment options go before or after the command; given after, they win.
     _deployment_options(parser, argparse.SUPPRESS)
     for command in sub.choices.values():

@@ -67,14 +67,37 @@ class Settings:
     query_default_limit: int = 100
     query_max_limit: int = 10_000
     worker_threads: int = 8
+    # Optional object store for blobs and derived products (s3://bucket/prefix?endpoint=…&region=…,
+    # gs://, az://, file:///...; docs/deployment.md, "Object storage"); "": the data folder only.
+    blob_store_url: str = ""
+    # Derived-job queue (docs/architecture.md, "Derived work after ingest").
+    job_threads: int = 2  # derived jobs run at once per process
+    job_lease_seconds: int = 300  # a claimed job returns to the queue if its process stops renewing this
+    job_max_attempts: int = 5  # tries before a job is marked failed
+    job_retry_seconds: int = 10  # first retry delay; doubled on each further attempt
+    # HTTP connection limits (docs/security.md, "Hostile input"): a slow or stalled client is cut off.
+    http_idle_timeout: int = 60  # seconds a connection may sit idle, or take to send its request headers
+    http_body_timeout: int = 600  # seconds a client may take to send one request body
+    http_max_header_bytes: int = 65536  # request line + headers
+    # Behind a reverse proxy (docs/deployment.md): take the client address and scheme from
+    # X-Real-IP / X-Forwarded-For / X-Forwarded-Proto. Only when nothing but the proxy reaches the port.
+    proxy_headers: bool = False
     # Security (docs/security.md). None: on unless the server only listens on a loopback address.
     auth_enabled: bool | None = None
     session_idle_timeout: int = 1800  # seconds without a request before a login session ends
     session_lifetime: int = 12 * 3600  # seconds after login when a session ends whatever its use
+    # A process reuses a session/token lookup this long (a warm tile must not cost a database
+    # query); logout in the same process is immediate, revocation elsewhere takes up to this long.
+    credential_cache_seconds: float = 5.0
     audit_coalesce_seconds: int = 300  # repeated reads of one object by one user: recorded once per window
     audit_fsync: bool = True  # SQLite: fsync each audit commit (synchronous=FULL), not only at checkpoints
     tls_cert: str = ""  # PEM certificate (chain); with tls_key, HTTP is served as HTTPS only
     tls_key: str = ""
+    # DICOM TLS (PS3.15 B.1) on the DIMSE port: certificate and key; with dicom_tls_ca, peers must
+    # present a certificate signed by that CA (mutual authentication).
+    dicom_tls_cert: str = ""
+    dicom_tls_key: str = ""
+    dicom_tls_ca: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -186,8 +209,18 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Se
         raise ConfigError("setting query_default_limit must be between 1 and query_max_limit")
     if settings.session_idle_timeout <= 0 or settings.session_lifetime <= 0:
         raise ConfigError("settings session_idle_timeout and session_lifetime must be positive (seconds)")
+    if min(settings.http_idle_timeout, settings.http_body_timeout, settings.http_max_header_bytes) <= 0:
+        raise ConfigError(
+            "settings http_idle_timeout, http_body_timeout and http_max_header_bytes must be positive"
+        )
+    if min(settings.job_threads, settings.job_lease_seconds, settings.job_max_attempts) <= 0:
+        raise ConfigError("settings job_threads, job_lease_seconds and job_max_attempts must be positive")
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("settings tls_cert and tls_key must be given together")
+    if bool(settings.dicom_tls_cert) != bool(settings.dicom_tls_key):
+        raise ConfigError("settings dicom_tls_cert and dicom_tls_key must be given together")
+    if settings.dicom_tls_ca and not settings.dicom_tls_cert:
+        raise ConfigError("setting dicom_tls_ca needs dicom_tls_cert and dicom_tls_key")
     if len(settings.ae_title) > 16 or not settings.ae_title.strip():
         raise ConfigError("setting ae_title must be 1-16 characters")
     return settings

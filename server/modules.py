@@ -79,6 +79,21 @@ class FileImporter(Protocol):
     ) -> list[Any] | None: ...
 
 
+class DerivedWorkProducer(Protocol):
+    """Optional: a module that builds derived products (a pyramid, a video) in durable jobs.
+
+    ``wants_job`` is asked inside the ingest transaction, so it must be quick and touch
+    neither files nor the database; when it answers True, a job of kind ``module.id`` for the
+    instance is queued with the instance. ``run_job`` then runs on a job thread of some
+    serving process, blocking until the product is made, and raises to have the job retried.
+    It must be idempotent: a job whose process died is run again, perhaps elsewhere.
+    """
+
+    def wants_job(self, event: InstanceStored) -> bool: ...
+
+    def run_job(self, event: InstanceStored) -> None: ...
+
+
 class CommandProvider(Protocol):
     """Optional: a module that adds subcommands to ``tessera`` (argparse subparsers)."""
 
@@ -145,6 +160,31 @@ class ModuleRegistry:
 
     def command_providers(self) -> list[CommandProvider]:
         return [m for m in self.modules if callable(getattr(m, "add_commands", None))]  # type: ignore[misc]
+
+    def producers(self) -> dict[str, DerivedWorkProducer]:
+        """Modules that build derived products in jobs, by job kind (their id)."""
+        return {
+            m.id: m  # type: ignore[misc]
+            for m in self.modules
+            if callable(getattr(m, "wants_job", None)) and callable(getattr(m, "run_job", None))
+        }
+
+    def job_kinds(self, event: InstanceStored) -> list[str]:
+        """The job kinds to queue with this instance; a module that fails to answer is passed over."""
+        kinds = []
+        for kind, producer in self.producers().items():
+            try:
+                if producer.wants_job(event):
+                    kinds.append(kind)
+            except Exception:
+                log.exception("module %s failed deciding on a job for %s", kind, event.sop_instance_uid)
+        return kinds
+
+    def run_job(self, kind: str, event: InstanceStored) -> None:
+        producer = self.producers().get(kind)
+        if producer is None:
+            raise ModuleError(f"no module runs jobs of kind {kind!r}")
+        producer.run_job(event)
 
     def dispatch(self, event: InstanceStored) -> None:
         """Archive listener: tell every module; each decides whether the instance concerns it."""

@@ -20,6 +20,8 @@ from tornado.process import fork_processes, task_id
 from server.archive.archive import Archive
 from server.config import Settings
 from server.context import ServerContext
+from server.isolation import decoder_pool
+from server.jobs import attach_job_queue, job_runner_of
 from server.modules import ModuleRegistry
 from server.security.audit import APPLICATION_ACTIVITY, APPLICATION_START, APPLICATION_STOP, AuditRecord
 from server.security.policy import check_startup
@@ -41,6 +43,7 @@ def build_context(
     ctx.registry = registry if registry is not None else ModuleRegistry.discover()
     ctx.registry.setup(ctx)
     archive.add_listener(ctx.registry.dispatch)
+    attach_job_queue(ctx)  # derived work is queued with each instance; serving processes run it
     return ctx
 
 
@@ -48,11 +51,15 @@ def make_http_server(ctx: ServerContext) -> HTTPServer:
     return HTTPServer(
         make_app(ctx),
         ssl_options=server_ssl_context(ctx.settings),
-        xheaders=True,
+        xheaders=ctx.settings.proxy_headers,
         max_body_size=ctx.settings.max_upload_bytes,
         max_buffer_size=64 * 1024 * 1024,  # non-streamed bodies; STOW-RS streams
-        idle_connection_timeout=120,
-        body_timeout=600,
+        chunk_size=1024 * 1024,  # a streamed body is handed over in up to 1 MiB pieces, not 64 KiB
+        max_header_size=ctx.settings.http_max_header_bytes,
+        # Tornado uses this both for idle keep-alive connections and as the deadline for the
+        # request headers, so a client trickling headers byte by byte is closed after it.
+        idle_connection_timeout=ctx.settings.http_idle_timeout,
+        body_timeout=ctx.settings.http_body_timeout,
     )
 
 
@@ -102,10 +109,14 @@ def serve(settings: Settings) -> None:
         fork_processes(processes)  # the parent stays here, restarting children that die
         _end_with_parent()
     ctx = build_context(settings, migrate=False)
+    ctx.executor.submit(decoder_pool.warm)  # the first JPEG 2000/RLE frame need not wait for a worker
     first = task_id() in (None, 0)
     dimse = start_dimse(ctx) if first else None
     if first:
         _record_application(ctx, APPLICATION_START)
+    jobs = job_runner_of(ctx)
+    if jobs is not None:
+        jobs.start()  # every process takes its share of derived work, including what a crash left
 
     async def main() -> None:
         server = make_http_server(ctx)  # created inside the running loop it will serve on
@@ -126,6 +137,8 @@ def serve(settings: Settings) -> None:
     try:
         asyncio.run(main())
     finally:
+        if jobs is not None:
+            jobs.stop()
         if dimse is not None:
             dimse.shutdown()
         if first:
@@ -203,9 +216,15 @@ class BackgroundServer:
         thread.start()
         ready.wait(10)
         dimse = start_dimse(ctx)
+        jobs = job_runner_of(ctx)
+        if jobs is not None:
+            jobs.start()
         return cls(ctx, port, dimse, loop, thread, holder["server"])
 
     def stop(self) -> None:
+        jobs = job_runner_of(self.ctx)
+        if jobs is not None:
+            jobs.stop()
         if self.dimse is not None:
             self.dimse.shutdown()
 

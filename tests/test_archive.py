@@ -228,3 +228,34 @@ def test_batch_with_the_same_instance_twice(archive: Archive) -> None:
     outcomes = archive.ingest_batch(_temps(archive, [payload, payload]))
     assert sorted(o.status.value for o in outcomes) == ["already present", "stored"]
     assert _counts(archive)[3] == 1 and _blob_count(archive) == 1
+
+
+def test_batch_across_studies_and_series_keeps_every_counter(archive: Archive) -> None:
+    """One batch: a known series, a new series of a known study, and a new patient/study/series."""
+    from sample_data.radiology import Patient as SamplePatient
+    from sample_data.radiology import Study as SampleStudy
+    from sample_data.radiology import ct_series, mr_series
+
+    patient, study = SamplePatient("BATCH^ONE", "B1"), SampleStudy(accession_number="BATCH1")
+    first = ct_series(2, patient=patient, study=study, size=16)
+    archive.ingest_batch(_temps(archive, [to_bytes(ds) for ds in first[:1]]))  # the series is now known
+    mixed = [
+        first[1],  # known series
+        *mr_series(2, patient=patient, study=study, series_number=2, size=16),  # new series, known study
+        *ct_series(3, size=16),  # new patient, study and series
+    ]
+    outcomes = archive.ingest_batch(_temps(archive, [to_bytes(ds) for ds in mixed]))
+    assert [o.status for o in outcomes] == [StoreStatus.STORED] * 6
+    assert _counts(archive) == (2, 2, 3, 7)
+    with archive.sessions() as session:
+        studies = {s.accession_number: s for s in session.scalars(select(Study))}
+        known = studies["BATCH1"]
+        assert (known.number_of_series, known.number_of_instances, known.modalities_in_study) == (
+            2,
+            4,
+            "CT\\MR",
+        )
+        other = next(s for a, s in studies.items() if a != "BATCH1")
+        assert (other.number_of_series, other.number_of_instances, other.modalities_in_study) == (1, 3, "CT")
+        per_series = sorted(session.scalars(select(Series.number_of_instances)))
+    assert per_series == [2, 2, 3]

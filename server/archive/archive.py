@@ -11,10 +11,10 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from pydicom.dataset import Dataset
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import CursorResult, Insert, Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, undefer
 
@@ -32,8 +32,12 @@ from server.archive.dicomfile import (
 )
 from server.archive.events import InstanceStored
 from server.archive.models import Instance, Patient, Series, Study
+from server.archive.objectstore import open_mirror
 from server.archive.pixeldata import FrameIndex
 from server.config import Settings
+
+if TYPE_CHECKING:
+    from server.jobs.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -86,25 +90,6 @@ class StoredInstance:
     frame_index: FrameIndex | None
 
 
-def _text(ds: Dataset, keyword: str, limit: int = 324) -> str:
-    value = ds.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        text = "\\".join(str(v) for v in value)
-    else:
-        text = str(value)
-    return text.strip()[:limit]
-
-
-def _int_or_none(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _view_code(ds: Dataset) -> str:
     sequence = ds.get("ViewCodeSequence")
     if sequence:
@@ -118,7 +103,7 @@ class Archive:
     def __init__(self, settings: Settings, *, run_migrations: bool = True) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.blobs = BlobStore(settings.blob_dir, settings.tmp_dir)
+        self.blobs = BlobStore(settings.blob_dir, settings.tmp_dir, open_mirror(settings.blob_store_url))
         self.engine = make_engine(settings.effective_database_url)
         if run_migrations:
             migrate(self.engine)
@@ -129,7 +114,8 @@ class Archive:
         self._known_series: dict[str, tuple[int, int]] = {}
         self._pending_series: dict[Session, list[tuple[str, int, int]]] = {}
         self._notify_executor: Executor | None = None
-        self._io_pool = ThreadPoolExecutor(4, thread_name_prefix="tessera-fsync")  # fsyncs overlap
+        self._job_queue: JobQueue | None = None
+        self._io_pool = ThreadPoolExecutor(16, thread_name_prefix="tessera-fsync")  # fsyncs overlap
 
     def close(self) -> None:
         self._io_pool.shutdown(wait=False)
@@ -144,7 +130,17 @@ class Archive:
         """Listeners run here, so ingest returns as soon as the instance is durable."""
         self._notify_executor = executor
 
+    def set_job_queue(self, queue: JobQueue) -> None:
+        """Derived jobs are queued in each ingest transaction, so they survive a restart."""
+        self._job_queue = queue
+
+    def _enqueue_jobs(self, session: Session, events: list[InstanceStored]) -> None:
+        if self._job_queue is not None:
+            self._job_queue.enqueue(session, events)
+
     def _notify(self, event: InstanceStored) -> None:
+        if self._job_queue is not None:
+            self._job_queue.wake()
         for listener in self._listeners:
             if self._notify_executor is not None:
                 self._notify_executor.submit(self._call_listener, listener, event)
@@ -188,11 +184,14 @@ class Archive:
 
         ``temp_path`` must be a file from ``blobs.new_temp()``; it is consumed either way.
         """
+        # The file goes to disk while it is parsed; commit_temp's own fsync then has little left
+        # to wait for (C-STORE sends one instance at a time, so this wait is its latency).
+        self._io_pool.submit(_write_back, temp_path)
         try:
             prepared = self._prepare(temp_path, sha256, expected_study)
             if isinstance(prepared, StoreOutcome):
                 return prepared
-            outcome, event = self._store(prepared, temp_path, sha256 or hash_file(temp_path))
+            outcome, event = self._store(prepared, temp_path, _digest(prepared, temp_path, sha256))
         except OSError as exc:  # disk full, permissions: the instance was not stored
             temp_path.unlink(missing_ok=True)
             log.warning("ingest failed: %s", exc)
@@ -234,9 +233,10 @@ class Archive:
                     return duplicate, None
                 self.blobs.commit_temp(temp_path, digest)
                 placed = True
-                existing = session.get(Instance, known[0]) if known else None  # replace policy
+                existing = (known[0], known[1]) if known else None  # the row the replace policy overwrites
                 try:
                     replaced_hash = self._index(session, parsed, digest, size, header, existing)
+                    self._enqueue_jobs(session, [_event(parsed)])
                     session.commit()
                     self._remember_series(session)
                 except IntegrityError:
@@ -280,7 +280,7 @@ class Archive:
             if isinstance(prepared, StoreOutcome):
                 outcomes[position] = prepared
             else:
-                ready.append((position, prepared, temp_path, sha256 or hash_file(temp_path)))
+                ready.append((position, prepared, temp_path, _digest(prepared, temp_path, sha256)))
         try:
             placed = list(self._io_pool.map(lambda r: self._place(r[2], r[3]), ready))
         except OSError as exc:
@@ -308,11 +308,17 @@ class Archive:
                 if known:
                     raise _FallBack  # duplicates and replacements take the careful path
                 batch: list[tuple[int, StoreOutcome]] = []
-                for (position, parsed, _, digest), header, size in zip(ready, headers, sizes, strict=True):
-                    ids = _ids(parsed.dataset)
-                    self._index(session, parsed, digest, size, header, None)
-                    batch.append((position, StoreOutcome(StoreStatus.STORED, **ids)))
+                self._index_new(
+                    session,
+                    [
+                        (parsed, digest, size, header)
+                        for (_, parsed, _, digest), header, size in zip(ready, headers, sizes, strict=True)
+                    ],
+                )
+                for position, parsed, _, _ in ready:
+                    batch.append((position, StoreOutcome(StoreStatus.STORED, **_ids(parsed.dataset))))
                     events.append(_event(parsed))
+                self._enqueue_jobs(session, events)
                 session.commit()
                 self._remember_series(session)
             for position, outcome in batch:
@@ -413,159 +419,152 @@ class Archive:
         digest: str,
         size: int,
         header: str,
-        existing: Instance | None,
+        existing: tuple[int, str] | None,
     ) -> str | None:
-        ds = parsed.dataset
-        now = dt.datetime.now(dt.UTC)
-        series_uid = str(ds.SeriesInstanceUID)
-        known = self._known_series.get(series_uid)
-        if known is not None and existing is None:
-            # The series exists (rows are never deleted): skip patient/study/series lookups.
-            series_pk, study_pk = known
-            self._insert_instance(
-                session,
-                parsed,
-                series_pk,
-                study_pk,
-                self._instance_values(parsed, digest, size, header, now),
-                False,
-                now,
-            )
+        """Index one instance; with ``existing`` (id, blob hash) overwrite that row and return its hash."""
+        if existing is None:
+            self._index_new(session, [(parsed, digest, size, header)])
             return None
-        patient_id = _text(ds, "PatientID", 64)
-        issuer = _text(ds, "IssuerOfPatientID", 64)
-        patient = session.scalar(
-            select(Patient).where(Patient.patient_id == patient_id, Patient.issuer_of_patient_id == issuer)
-        )
-        name = _text(ds, "PatientName")
-        if patient is None:
-            patient = Patient(
-                patient_id=patient_id,
-                issuer_of_patient_id=issuer,
-                patient_name=name,
-                patient_name_search=name.upper(),
-                patient_birth_date=_text(ds, "PatientBirthDate", 8),
-                patient_sex=_text(ds, "PatientSex", 16),
+        now = dt.datetime.now(dt.UTC)
+        self._series_keys(session, parsed, {})  # the new content's patient/study/series exist
+        values = _instance_values(parsed, digest, size, header, now)
+        session.execute(update(_INSTANCE).where(_INSTANCE.c.id == existing[0]).values(**values))
+        return existing[1]
+
+    def _index_new(self, session: Session, items: list[tuple[ParsedInstance, str, int, str]]) -> None:
+        """Insert new instances (one executemany) and bump their series' and studies' counters once.
+
+        Core statements, not ORM objects: the index rows are plain values, and SQLite's write
+        lock is held from the first INSERT to the commit, so every statement saved counts.
+        """
+        if not items:
+            return
+        now = dt.datetime.now(dt.UTC)
+        in_batch: dict[str, tuple[int, int, bool]] = {}
+        rows: list[dict[str, Any]] = []
+        per_series: dict[int, int] = {}
+        per_study: dict[int, list[int]] = {}  # study pk -> [new instances, new series]
+        for parsed, digest, size, header in items:
+            series_pk, study_pk, _ = self._series_keys(session, parsed, in_batch)
+            row = _instance_values(parsed, digest, size, header, now)
+            row["sop_instance_uid"] = str(parsed.dataset.SOPInstanceUID)
+            row["series_pk"] = series_pk
+            rows.append(row)
+            per_series[series_pk] = per_series.get(series_pk, 0) + 1
+            counts = per_study.setdefault(study_pk, [0, 0])
+            counts[0] += 1
+        for _, study_pk, new_series in in_batch.values():
+            if new_series:
+                per_study[study_pk][1] += 1
+        session.execute(insert(_INSTANCE), rows)
+        for series_pk, added in per_series.items():
+            session.execute(
+                update(_SERIES)
+                .where(_SERIES.c.id == series_pk)
+                .values(number_of_instances=_SERIES.c.number_of_instances + added)
             )
-            session.add(patient)
-            session.flush()
-        study_uid = str(ds.StudyInstanceUID)
-        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-        if study is None:
-            study = Study(
+        for study_pk, (added, series_added) in per_study.items():
+            study_values: dict[str, Any] = {
+                "number_of_instances": _STUDY.c.number_of_instances + added,
+                "updated_at": now,
+            }
+            if series_added:
+                study_values["number_of_series"] = _STUDY.c.number_of_series + series_added
+                modalities = sorted(
+                    m
+                    for m in session.scalars(
+                        select(_SERIES.c.modality).where(_SERIES.c.study_pk == study_pk).distinct()
+                    )
+                    if m
+                )
+                study_values["modalities_in_study"] = "\\".join(modalities)
+            session.execute(update(_STUDY).where(_STUDY.c.id == study_pk).values(**study_values))
+
+    def _series_keys(
+        self, session: Session, parsed: ParsedInstance, in_batch: dict[str, tuple[int, int, bool]]
+    ) -> tuple[int, int, bool]:
+        """(series pk, study pk, created now) of the instance's series, creating patient/study/series."""
+        series_uid = str(parsed.dataset.SeriesInstanceUID)
+        known = self._known_series.get(series_uid)
+        if known is not None:  # committed rows are never deleted: no lookup needed
+            return known[0], known[1], False
+        if series_uid in in_batch:
+            return in_batch[series_uid]
+        series_pk = session.scalar(select(_SERIES.c.id).where(_SERIES.c.series_instance_uid == series_uid))
+        if series_pk is not None:
+            study_pk = session.scalar(select(_SERIES.c.study_pk).where(_SERIES.c.id == series_pk))
+            assert study_pk is not None
+            keys = (series_pk, study_pk, False)
+        else:
+            study_pk = self._study_key(session, parsed)
+            series_pk = _inserted_key(
+                session,
+                insert(_SERIES).values(
+                    series_instance_uid=series_uid,
+                    study_pk=study_pk,
+                    modality=parsed.text("Modality", 16),
+                    series_number=parsed.integer("SeriesNumber"),
+                    series_description=parsed.text("SeriesDescription", 256),
+                    body_part_examined=parsed.text("BodyPartExamined", 64),
+                    laterality=parsed.text("Laterality", 16),
+                    series_date=parsed.text("SeriesDate", 8),
+                    series_time=parsed.text("SeriesTime", 16),
+                    performed_procedure_step_start_date=parsed.text("PerformedProcedureStepStartDate", 8),
+                    number_of_instances=0,
+                ),
+            )
+            keys = (series_pk, study_pk, True)
+        in_batch[series_uid] = keys
+        self._pending_series.setdefault(session, []).append((series_uid, keys[0], keys[1]))
+        return keys
+
+    def _study_key(self, session: Session, parsed: ParsedInstance) -> int:
+        study_uid = str(parsed.dataset.StudyInstanceUID)
+        study_pk = session.scalar(select(_STUDY.c.id).where(_STUDY.c.study_instance_uid == study_uid))
+        if study_pk is not None:
+            return study_pk
+        patient_id = parsed.text("PatientID", 64)
+        issuer = parsed.text("IssuerOfPatientID", 64)
+        patient_pk = session.scalar(
+            select(_PATIENT.c.id).where(
+                _PATIENT.c.patient_id == patient_id, _PATIENT.c.issuer_of_patient_id == issuer
+            )
+        )
+        if patient_pk is None:
+            name = parsed.text("PatientName")
+            patient_pk = _inserted_key(
+                session,
+                insert(_PATIENT).values(
+                    patient_id=patient_id,
+                    issuer_of_patient_id=issuer,
+                    patient_name=name,
+                    patient_name_search=name.upper(),
+                    patient_birth_date=parsed.text("PatientBirthDate", 8),
+                    patient_sex=parsed.text("PatientSex", 16),
+                ),
+            )
+        return _inserted_key(
+            session,
+            insert(_STUDY).values(
                 study_instance_uid=study_uid,
-                patient_pk=patient.id,
-                study_date=_text(ds, "StudyDate", 8),
-                study_time=_text(ds, "StudyTime", 16),
-                accession_number=_text(ds, "AccessionNumber", 16),
-                study_id=_text(ds, "StudyID", 16),
-                referring_physician_name=_text(ds, "ReferringPhysicianName"),
-                study_description=_text(ds, "StudyDescription", 256),
+                patient_pk=patient_pk,
+                study_date=parsed.text("StudyDate", 8),
+                study_time=parsed.text("StudyTime", 16),
+                accession_number=parsed.text("AccessionNumber", 16),
+                study_id=parsed.text("StudyID", 16),
+                referring_physician_name=parsed.text("ReferringPhysicianName"),
+                study_description=parsed.text("StudyDescription", 256),
                 modalities_in_study="",
                 number_of_series=0,
                 number_of_instances=0,
-                updated_at=now,
-            )
-            session.add(study)
-            session.flush()
-        series = session.scalar(select(Series).where(Series.series_instance_uid == series_uid))
-        new_series = series is None
-        if series is None:
-            series = Series(
-                series_instance_uid=series_uid,
-                study_pk=study.id,
-                modality=_text(ds, "Modality", 16),
-                series_number=_int_or_none(ds, "SeriesNumber"),
-                series_description=_text(ds, "SeriesDescription", 256),
-                body_part_examined=_text(ds, "BodyPartExamined", 64),
-                laterality=_text(ds, "Laterality", 16),
-                series_date=_text(ds, "SeriesDate", 8),
-                series_time=_text(ds, "SeriesTime", 16),
-                performed_procedure_step_start_date=_text(ds, "PerformedProcedureStepStartDate", 8),
-                number_of_instances=0,
-            )
-            session.add(series)
-            session.flush()
-        self._pending_series.setdefault(session, []).append((series_uid, series.id, study.id))
-        values = self._instance_values(parsed, digest, size, header, now)
-        if existing is not None:
-            replaced = existing.blob_sha256
-            for key, value in values.items():
-                setattr(existing, key, value)
-            return replaced
-        self._insert_instance(session, parsed, series.id, study.id, values, new_series, now)
-        return None
-
-    def _instance_values(
-        self, parsed: ParsedInstance, digest: str, size: int, header: str, now: dt.datetime
-    ) -> dict[str, Any]:
-        ds = parsed.dataset
-        return {
-            "sop_class_uid": str(ds.SOPClassUID),
-            "instance_number": _int_or_none(ds, "InstanceNumber"),
-            "transfer_syntax_uid": parsed.transfer_syntax_uid,
-            "rows": _int_or_none(ds, "Rows"),
-            "columns": _int_or_none(ds, "Columns"),
-            "number_of_frames": _int_or_none(ds, "NumberOfFrames") or 1,
-            "samples_per_pixel": _int_or_none(ds, "SamplesPerPixel"),
-            "bits_allocated": _int_or_none(ds, "BitsAllocated"),
-            "photometric_interpretation": _text(ds, "PhotometricInterpretation", 32),
-            "image_type": _text(ds, "ImageType", 128),
-            "image_laterality": _text(ds, "ImageLaterality", 16),
-            "view_position": _text(ds, "ViewPosition", 16),
-            "view_code": _view_code(ds),
-            "content_date": _text(ds, "ContentDate", 8),
-            "content_time": _text(ds, "ContentTime", 16),
-            "blob_sha256": digest,
-            "blob_size": size,
-            "received_at": now,
-            "header": header,
-            "frame_index": parsed.frame_index.to_bytes() if parsed.frame_index is not None else None,
-        }
-
-    def _insert_instance(
-        self,
-        session: Session,
-        parsed: ParsedInstance,
-        series_pk: int,
-        study_pk: int,
-        values: dict[str, Any],
-        new_series: bool,
-        now: dt.datetime,
-    ) -> None:
-        session.execute(
-            insert(Instance).values(
-                sop_instance_uid=str(parsed.dataset.SOPInstanceUID), series_pk=series_pk, **values
-            )
+                updated_at=dt.datetime.now(dt.UTC),
+            ),
         )
-        session.execute(
-            update(Series)
-            .where(Series.id == series_pk)
-            .values(number_of_instances=Series.number_of_instances + 1)
-        )
-        study_values: dict[str, object] = {
-            "number_of_instances": Study.number_of_instances + 1,
-            "updated_at": now,
-        }
-        if new_series:
-            study_values["number_of_series"] = Study.number_of_series + 1
-        session.execute(update(Study).where(Study.id == study_pk).values(**study_values))
-        if new_series:
-            modalities = sorted(
-                m
-                for m in session.scalars(
-                    select(Series.modality).where(Series.study_pk == study_pk).distinct()
-                )
-                if m
-            )
-            session.execute(
-                update(Study).where(Study.id == study_pk).values(modalities_in_study="\\".join(modalities))
-            )
 
     def _same_dataset(self, existing_sha256: str, temp_path: Path) -> bool:
         """Whether two files hold the same data set, whatever their file meta says."""
         try:
-            return dataset_sha256(self.blobs.path_for(existing_sha256)) == dataset_sha256(temp_path)
+            return dataset_sha256(self.blobs.local_path(existing_sha256)) == dataset_sha256(temp_path)
         except OSError:
             return False
 
@@ -633,7 +632,7 @@ class Archive:
             study_instance_uid=study_uid,
             sop_class_uid=instance.sop_class_uid,
             transfer_syntax_uid=instance.transfer_syntax_uid,
-            path=self.blobs.path_for(instance.blob_sha256),
+            path=self.blobs.local_path(instance.blob_sha256),
             size=instance.blob_size,
             sha256=instance.blob_sha256,
             rows=instance.rows,
@@ -680,7 +679,7 @@ class Archive:
                 temp_fh, temp_path = self.blobs.new_temp()
                 temp_fh.close()
                 temp_path.unlink()
-                os.link(self.blobs.path_for(digest), temp_path)
+                os.link(self.blobs.local_path(digest), temp_path)  # fetched if only in the object store
                 outcome = self.ingest_temp(temp_path, digest)
                 if not outcome.ok:
                     log.warning(
@@ -688,6 +687,8 @@ class Archive:
                         digest,
                         outcome.reason,
                     )
+                else:  # indexed under another hash (its preamble was zeroed): this copy is redundant
+                    self._drop_blob_if_unreferenced(digest)
         return ReconcileReport(
             missing_files=missing,
             orphan_files=orphans,
@@ -708,6 +709,67 @@ class ReconcileReport:
         return not self.missing_files and not self.orphan_files
 
 
+_PATIENT = cast(Table, Patient.__table__)
+_STUDY = cast(Table, Study.__table__)
+_SERIES = cast(Table, Series.__table__)
+_INSTANCE = cast(Table, Instance.__table__)
+
+
+def _inserted_key(session: Session, statement: Insert) -> int:
+    key = cast(CursorResult[Any], session.execute(statement)).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _instance_values(
+    parsed: ParsedInstance, digest: str, size: int, header: str, now: dt.datetime
+) -> dict[str, Any]:
+    ds = parsed.dataset
+    return {
+        "sop_class_uid": str(ds.SOPClassUID),
+        "instance_number": parsed.integer("InstanceNumber"),
+        "transfer_syntax_uid": parsed.transfer_syntax_uid,
+        "rows": parsed.integer("Rows"),
+        "columns": parsed.integer("Columns"),
+        "number_of_frames": parsed.integer("NumberOfFrames") or 1,
+        "samples_per_pixel": parsed.integer("SamplesPerPixel"),
+        "bits_allocated": parsed.integer("BitsAllocated"),
+        "photometric_interpretation": parsed.text("PhotometricInterpretation", 32),
+        "image_type": parsed.text("ImageType", 128),
+        "image_laterality": parsed.text("ImageLaterality", 16),
+        "view_position": parsed.text("ViewPosition", 16),
+        "view_code": _view_code(ds),
+        "content_date": parsed.text("ContentDate", 8),
+        "content_time": parsed.text("ContentTime", 16),
+        "blob_sha256": digest,
+        "blob_size": size,
+        "received_at": now,
+        "header": header,
+        "frame_index": parsed.frame_index.to_bytes() if parsed.frame_index is not None else None,
+    }
+
+
+def _write_back(path: Path) -> None:
+    """fsync a temp file early; an error is not lost: ``commit_temp`` fsyncs again and reports it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # already refused and removed
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _digest(parsed: ParsedInstance, temp_path: Path, sha256: str | None) -> str:
+    """The blob's SHA-256: the one hashed on arrival, unless the preamble was zeroed since."""
+    if sha256 and not parsed.preamble_zeroed:
+        return sha256
+    return hash_file(temp_path)
+
+
 def _ids(ds: Dataset) -> dict[str, Any]:
     return {
         "sop_class_uid": str(ds.SOPClassUID),
@@ -724,9 +786,9 @@ def _event(parsed: ParsedInstance) -> InstanceStored:
         str(ds.SeriesInstanceUID),
         str(ds.SOPInstanceUID),
         str(ds.SOPClassUID),
-        _text(ds, "Modality", 16),
+        parsed.text("Modality", 16),
         parsed.transfer_syntax_uid,
-        _int_or_none(ds, "NumberOfFrames") or 1,
+        parsed.integer("NumberOfFrames") or 1,
     )
 
 

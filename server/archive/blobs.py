@@ -18,7 +18,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from server.archive.objectstore import BlobMirror
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1024 * 1024
@@ -27,9 +30,10 @@ CHUNK = 1024 * 1024
 class BlobStore:
     """Immutable blobs under ``root/ab/<sha256>``; a temp area on the same filesystem."""
 
-    def __init__(self, root: Path, tmp_dir: Path) -> None:
+    def __init__(self, root: Path, tmp_dir: Path, mirror: BlobMirror | None = None) -> None:
         self.root = root
         self.tmp_dir = tmp_dir
+        self.mirror = mirror  # an object store holding every blob; root is then a local cache of it
         tmp_dir.mkdir(parents=True, exist_ok=True)
         if not (root / "ff").is_dir():
             root.mkdir(parents=True, exist_ok=True)
@@ -60,19 +64,41 @@ class BlobStore:
             return final
         with open(temp, "rb") as fh:
             os.fsync(fh.fileno())
+        if self.mirror is not None:
+            self.mirror.put(sha256, temp)  # before the rename: a local blob is always in the store too
         os.replace(temp, final)
         _fsync_dir(final.parent)
         return final
 
+    def local_path(self, sha256: str) -> Path:
+        """The blob's local path, fetched from the object store first if this machine lacks it."""
+        path = self.path_for(sha256)
+        if self.mirror is None or path.exists():
+            return path
+        fd, name = tempfile.mkstemp(prefix="get-", suffix=".part", dir=self.tmp_dir)
+        os.close(fd)
+        try:
+            if self.mirror.fetch(sha256, Path(name)):
+                os.replace(name, path)
+        finally:
+            Path(name).unlink(missing_ok=True)
+        return path
+
     def delete(self, sha256: str) -> None:
         path = self.path_for(sha256)
         path.unlink(missing_ok=True)
+        if self.mirror is not None:
+            self.mirror.delete(sha256)
 
     def iter_hashes(self) -> Iterator[str]:
-        """Every blob on disk (for reconciliation with the index)."""
+        """Every blob on disk, and in the object store if there is one (for reconciliation with the index)."""
+        local = set()
         for path in self.root.glob("??/*"):
             if _HEX64.match(path.name):
+                local.add(path.name)
                 yield path.name
+        if self.mirror is not None:
+            yield from (digest for digest in self.mirror.iter_hashes() if digest not in local)
 
     def clean_temp(self, older_than_seconds: float = 0) -> int:
         """Remove leftovers of interrupted writes (never acknowledged).

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 
+from server.archive.dicomjson import dataset_json
 from server.archive.pixeldata import (
     FrameIndex,
     PixelDataError,
     index_pixel_data,
     native_frame_bytes,
 )
+from server.archive.structure import StructureError, check_structure
 
 BULK_THRESHOLD = 1024  # larger top-level binary values are served as bulk data, not inlined
-_BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 # Status codes shared by every door (PS3.4 Annex B, PS3.7 Annex C, PS3.18 FailureReason).
@@ -57,24 +61,101 @@ class ParsedInstance:
     transfer_syntax_uid: str
     frame_index: FrameIndex | None
     has_pixel_data: bool
+    preamble_zeroed: bool = False  # the file's bytes changed: a digest of what arrived is stale
+    _header: str | None = field(default=None, repr=False, compare=False)
+    _document: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def sop_instance_uid(self) -> str:
         return str(self.dataset.SOPInstanceUID)
 
     def header_json(self) -> str:
-        """DICOM JSON without bulk data; large top-level binaries become relative BulkDataURIs."""
-        document = self.dataset.to_json_dict(bulk_data_threshold=1 << 62)
-        for element in self.dataset:
-            if element.VR in _BINARY_VRS and element.tag.group != 0x0002:
-                value = element.value
-                if value is not None and len(value) > BULK_THRESHOLD:
-                    key = f"{element.tag:08X}"
-                    document[key] = {"vr": element.VR, "BulkDataURI": f"bulk/{key}"}
+        """DICOM JSON without bulk data; large top-level binaries become relative BulkDataURIs.
+
+        Made once, by ``parse_instance``: pydicom converts values lazily, so this is where a value it
+        cannot read shows up, and that must be a refusal, not an error while indexing.
+        """
+        if self._header is not None:
+            return self._header
+        document = dict(self.document())
         if self.has_pixel_data:
             vr = "OB" if self.frame_index is None or self.frame_index.layout != 1 else _pixel_vr(self.dataset)
             document["7FE00010"] = {"vr": vr, "BulkDataURI": "bulk/7FE00010"}
-        return json.dumps(document, separators=(",", ":"))
+        self._header = json.dumps(document, separators=(",", ":"))
+        return self._header
+
+    def document(self) -> dict[str, Any]:
+        """The data set's DICOM JSON (without Pixel Data), made once."""
+        if self._document is None:
+            self._document = dataset_json(self.dataset, BULK_THRESHOLD)
+        return self._document
+
+    def text(self, keyword: str, limit: int = 324) -> str:
+        """A top-level value as index text: values joined by backslashes, stripped, cut to ``limit``.
+
+        Read from the DICOM JSON already made for the header, which costs far less than pydicom's
+        attribute access; a value whose JSON form is not plain text or integers is read by pydicom.
+        """
+        entry = self.document().get(_json_key(keyword))
+        if entry is None:
+            return ""
+        values = entry.get("Value")
+        if values is None:
+            return "" if "vr" in entry and len(entry) == 1 else _dataset_text(self.dataset, keyword, limit)
+        if entry["vr"] in ("IS", "DS"):  # the text of a number string is as written, not as parsed
+            return _dataset_text(self.dataset, keyword, limit)
+        parts: list[str] = []
+        for value in values:
+            if isinstance(value, str):
+                parts.append(value)
+            elif isinstance(value, int):
+                parts.append(str(value))
+            elif isinstance(value, dict) and entry["vr"] == "PN":
+                parts.append("=".join(value.get(g, "") for g in _PN_GROUPS if g in value))
+            else:
+                return _dataset_text(self.dataset, keyword, limit)
+        return _index_text("\\".join(parts), limit)
+
+    def integer(self, keyword: str) -> int | None:
+        """A single integer value (IS, US, UL...), None when absent, empty, multi-valued or not a number."""
+        entry = self.document().get(_json_key(keyword))
+        values = entry.get("Value") if entry is not None else None
+        if not values or len(values) != 1:
+            return None
+        value = values[0]
+        if isinstance(value, int):
+            return value
+        try:
+            return int(value) if value not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+@lru_cache(maxsize=512)
+def _json_key(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(keyword)
+    return f"{tag:08X}"
+
+
+def _dataset_text(ds: Dataset, keyword: str, limit: int) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return _index_text(text, limit)
+
+
+def _index_text(text: str, limit: int) -> str:
+    """NUL is not text (PostgreSQL refuses it in text columns): index values leave it out."""
+    return text.replace("\x00", "").strip()[:limit]
 
 
 def _pixel_vr(ds: Dataset) -> str:
@@ -135,6 +216,8 @@ def parse_instance(path: Path, limits: GeometryLimits) -> ParsedInstance:
         preamble = fh.read(132)
         if len(preamble) < 132 or preamble[128:132] != b"DICM":
             raise RejectedInstance("not a DICOM Part 10 file (no 'DICM' prefix after the preamble)")
+        zeroed = needs_zeroed_preamble(preamble[:128])
+        _check_structure(fh, size, limits)
         fh.seek(0)
         try:
             ds = dcmread(fh, stop_before_pixels=True)
@@ -143,11 +226,82 @@ def parse_instance(path: Path, limits: GeometryLimits) -> ParsedInstance:
         except Exception as exc:  # pydicom raises assorted errors on hostile input
             raise RejectedInstance(f"cannot parse the data set: {type(exc).__name__}: {exc}") from exc
         try:
-            return _validate(fh, ds, limits, size)
+            parsed = _validate_converting(fh, ds, limits, size)
+            try:
+                parsed.header_json()
+            except Exception as exc:  # a value pydicom cannot convert (bad VR, unreadable number, ...)
+                raise RejectedInstance(f"cannot convert the data set: {type(exc).__name__}: {exc}") from exc
         except RejectedInstance as exc:
-            exc.sop_class_uid = str(ds.get("SOPClassUID", "") or "")[:64]
-            exc.sop_instance_uid = str(ds.get("SOPInstanceUID", "") or "")[:64]
+            exc.sop_class_uid = _uid_or_empty(ds, "SOPClassUID")
+            exc.sop_instance_uid = _uid_or_empty(ds, "SOPInstanceUID")
             raise
+    if zeroed:
+        zero_preamble(path)
+        parsed.preamble_zeroed = True
+    return parsed
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+_ZERO_PREAMBLE = bytes(128)
+
+
+def needs_zeroed_preamble(preamble: bytes) -> bool:
+    """Whether a stored file's 128-byte preamble must be replaced by zeros (PS3.10 7.5).
+
+    The preamble is free for applications, which makes it a place to hide an executable
+    header (a file that is both valid DICOM and, say, a Windows program). The archive
+    serves stored files as they are, so anything there is wiped; the one exception is a
+    TIFF header: dual-personality whole-slide images (PS3.10 7.5.1, Sup 222) are also
+    TIFF files and must keep it.
+    """
+    return preamble != _ZERO_PREAMBLE and preamble[:4] not in _TIFF_MAGIC
+
+
+def zero_preamble(path: Path) -> None:
+    """Overwrite the preamble with zeros, without touching any other link to the same bytes.
+
+    A temp file may be a hard link to a stored blob (reconcile indexes orphan blobs that
+    way); writing in place would change the blob under its content address, so a linked
+    file is first replaced by a private copy.
+    """
+    with open(path, "r+b") as fh:
+        if os.fstat(fh.fileno()).st_nlink == 1:
+            fh.write(_ZERO_PREAMBLE)
+            return
+    private = path.with_suffix(".copy.part")  # a leftover is cleaned up like any temp file
+    with open(path, "rb") as source, open(private, "wb") as target:
+        source.seek(128)
+        target.write(_ZERO_PREAMBLE)
+        while chunk := source.read(1 << 20):
+            target.write(chunk)
+    os.replace(private, path)
+
+
+def _validate_converting(fh: BinaryIO, ds: Dataset, limits: GeometryLimits, size: int) -> ParsedInstance:
+    """``_validate``, with a value pydicom cannot convert on access (an unknown VR in the file
+    meta, an unreadable number) refused with its reason instead of escaping as an exception."""
+    try:
+        return _validate(fh, ds, limits, size)
+    except RejectedInstance:
+        raise
+    except Exception as exc:
+        raise RejectedInstance(f"cannot convert the data set: {type(exc).__name__}: {exc}") from exc
+
+
+def _uid_or_empty(ds: Dataset, keyword: str) -> str:
+    """A UID for a failure report, or "" when even reading it fails."""
+    try:
+        return str(ds.get(keyword, "") or "")[:64]
+    except Exception:
+        return ""
+
+
+def _check_structure(fh: BinaryIO, size: int, limits: GeometryLimits) -> None:
+    """Lengths, nesting depth and inflated size from the raw bytes, before pydicom allocates any."""
+    try:
+        check_structure(fh, size, limits.max_pixel_bytes)
+    except StructureError as exc:
+        raise RejectedInstance(str(exc)) from exc
 
 
 def _validate(fh: BinaryIO, ds: Dataset, limits: GeometryLimits, size: int) -> ParsedInstance:

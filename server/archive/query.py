@@ -138,6 +138,8 @@ class QuerySpec:
     offset: int = 0
     fuzzy: bool = False
     unsupported: list[str] = field(default_factory=list)  # matching keys we cannot match on (ignored)
+    # Only studies for which this SQL condition (over Study) holds: a user limited to study groups.
+    scope: ColumnElement[bool] | None = None
 
 
 def resolve_keyword(key: str) -> str:
@@ -243,6 +245,8 @@ def _condition(attribute: Attribute, value: str, fuzzy: bool) -> ColumnElement[b
             numbers = [int(v) for v in re.split(r"[\\,]", value) if v.strip()]
         except ValueError as exc:
             raise QueryError(f"{attribute.keyword} {value!r} is not a number") from exc
+        if any(not -(2**31) <= n < 2**31 for n in numbers):  # IS/US range; the index columns hold no more
+            raise QueryError(f"{attribute.keyword} {value[:80]!r} is out of range")
         return column.in_(numbers)  # type: ignore[union-attr]
     values = value.split("\\")
     return or_(*(_text_condition(column, v) for v in values))
@@ -311,6 +315,11 @@ def build_select(spec: QuerySpec) -> Select[Any]:
         conditions.append(exists(sub.where(*lower_instance, *lower_series)))
     elif lower_series:
         conditions.append(exists(select(Series.id).where(Series.study_pk == Study.id, *lower_series)))
+    if spec.scope is not None:
+        if spec.level is _P:
+            conditions.append(exists(select(Study.id).where(Study.patient_pk == Patient.id, spec.scope)))
+        else:
+            conditions.append(spec.scope)
     if conditions:
         query = query.where(and_(*conditions))
     return _order(spec.level, query)
@@ -447,6 +456,8 @@ def spec_from_pairs(
     spec = QuerySpec(level=level, limit=default_limit)
     for raw_key, value in pairs:
         key = raw_key.strip()
+        if "\x00" in key or "\x00" in value:  # PostgreSQL refuses NUL in text: refused on both databases
+            raise QueryError("query keys and values may not contain NUL characters")
         if key == "includefield":
             for item in value.split(","):
                 item = item.strip()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 MAX_PART_HEADER_BYTES = 16 * 1024
+MAX_BOUNDARY_PADDING = 1024  # bytes tolerated after a boundary line (RFC 2046 allows only whitespace)
 
 
 class MultipartError(ValueError):
@@ -28,6 +29,8 @@ def boundary_of(content_type: str) -> str:
     boundary = match.group(1) or match.group(2)
     if not 0 < len(boundary) <= 70:
         raise MultipartError("multipart boundary must be 1 to 70 characters")
+    if not (boundary.isascii() and boundary.isprintable()):
+        raise MultipartError("multipart boundary must be printable ASCII (RFC 2046)")
     return boundary
 
 
@@ -77,10 +80,12 @@ class MultipartReader:
                     self._state = "epilogue"
                     self._buffer = b""
                     return
+                # At most MAX_BOUNDARY_PADDING bytes between a boundary and its CRLF, however the
+                # body was cut into chunks (with no CRLF yet, the last byte may be its CR).
                 end = self._buffer.find(b"\r\n")
+                if end > MAX_BOUNDARY_PADDING or (end < 0 and len(self._buffer) > MAX_BOUNDARY_PADDING + 1):
+                    raise MultipartError("garbage after a multipart boundary")
                 if end < 0:
-                    if len(self._buffer) > 1024:
-                        raise MultipartError("garbage after a multipart boundary")
                     return
                 self._buffer = self._buffer[end + 2 :]
                 self._state = "headers"
@@ -89,9 +94,13 @@ class MultipartReader:
                 if self._buffer.startswith(b"\r\n"):
                     end, header_block = 0, b""
                     self._buffer = self._buffer[2:]
+                # The same limit whatever the chunking: with no blank line yet, the last 3 bytes
+                # may be its start.
+                elif end > MAX_PART_HEADER_BYTES or (
+                    end < 0 and len(self._buffer) > MAX_PART_HEADER_BYTES + 3
+                ):
+                    raise MultipartError("multipart part headers are too long")
                 elif end < 0:
-                    if len(self._buffer) > MAX_PART_HEADER_BYTES:
-                        raise MultipartError("multipart part headers are too long")
                     return
                 else:
                     header_block = self._buffer[:end]

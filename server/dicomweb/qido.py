@@ -15,6 +15,8 @@ _LEVELS = {"studies": QueryLevel.STUDY, "series": QueryLevel.SERIES, "instances"
 class QidoHandler(BaseHandler):
     """GET /studies, /series, /instances and their study/series-scoped forms."""
 
+    scope_filters_query = True  # a limited user's groups filter the results, not refuse the query
+
     def initialize(self, ctx: ServerContext, level_name: str = "studies") -> None:
         super().initialize(ctx)
         self.level = _LEVELS[level_name]
@@ -36,6 +38,8 @@ class QidoHandler(BaseHandler):
                 max_limit=settings.query_max_limit,
                 fixed=fixed,
             )
+            if self.identity is not None and self.identity.scope is not None:
+                spec.scope = self.identity.scope.condition()
             results = await self.run_blocking(self._run, spec)
         except QueryError as exc:
             raise ProblemError(400, str(exc)) from exc

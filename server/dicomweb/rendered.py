@@ -61,6 +61,18 @@ def parse_viewport(value: str | None) -> Viewport | None:
     return Viewport(numbers[0], numbers[1], source)
 
 
+def check_region(viewport: Viewport | None, rows: int, columns: int) -> None:
+    """The source region must lie inside the image: checked from the header, before decoding."""
+    if viewport is None or viewport.source is None:
+        return
+    sx, sy, sw, sh = viewport.source
+    if sx + sw > columns or sy + sh > rows:
+        raise ProblemError(
+            400,
+            f"viewport source region {sx},{sy} {sw}x{sh} must lie inside the {columns}x{rows} image",
+        )
+
+
 def _render(
     instance: StoredInstance,
     header: Dataset,
@@ -73,10 +85,6 @@ def _render(
 ) -> bytes:
     pixels = decode_frame(instance, header, frame)
     display = to_display(np.asarray(pixels), header, window)
-    if viewport is not None and viewport.source is not None:
-        sx, sy, sw, sh = viewport.source
-        if sx + sw > display.shape[1] or sy + sh > display.shape[0]:
-            raise ProblemError(400, "viewport source region must lie inside the image")
     return encode_image(display, media_type, quality, viewport, max_side)
 
 
@@ -119,6 +127,7 @@ class RenderedHandler(WadoBase):
         if not quality_text.isdigit() or not 1 <= int(quality_text) <= 100:
             raise ProblemError(400, "quality must be a whole number from 1 to 100")
         header = await self.run_blocking(self.ctx.headers.get, instance)
+        check_region(viewport, int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0))
         try:
             body = await self.run_blocking(
                 _render,

@@ -10,19 +10,22 @@ from tornado.http1connection import HTTP1Connection
 from tornado.web import stream_request_body
 
 from server.archive.archive import StoreOutcome, StoreStatus
-from server.archive.dicomfile import CANNOT_UNDERSTAND
+from server.archive.dicomfile import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 from server.dicomweb.multipart import (
     MultipartError,
     MultipartReader,
     SingleBodyReader,
     boundary_of,
 )
+from server.security.service import security_of
 from server.web.base import BaseHandler, ProblemError
 
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 SOP_UNSUPPORTED_MEDIA = 0x0122  # "Refused: SOP class not supported" used for non-DICOM parts
+FEED_BYTES = 1024 * 1024
+NOT_AUTHORIZED = 0x0124  # "Refused: Not Authorized" (PS3.7 C.4.2.1.x): outside the user's study groups
 
 
 @stream_request_body
@@ -36,6 +39,8 @@ class StowHandler(BaseHandler):
     body: MultipartReader | SingleBodyReader | None = None
     problem: tuple[int, str] | None = None
     received = 0
+    pending: list[bytes]  # received chunks not yet handed to the reader
+    pending_bytes = 0
 
     async def prepare(self) -> None:
         await self.authorize()  # before anything of the body is read or stored
@@ -75,12 +80,31 @@ class StowHandler(BaseHandler):
         limit = self.ctx.settings.max_upload_bytes
         if self.received > limit:
             self.problem = (413, f"the request body exceeds the limit of {limit} bytes")
-        else:
-            try:
-                await self.run_blocking(self.body.feed, chunk)
-                return
-            except MultipartError as exc:
-                self.problem = (400, f"malformed multipart body: {exc}")
+            await self.run_blocking(self.body.discard)
+            return
+        # Chunks arrive at 64 KiB: one executor hop per MiB rather than per chunk (each hop costs
+        # the event loop more than writing the chunk); at most FEED_BYTES wait in memory.
+        if self.pending_bytes == 0:
+            self.pending = []
+        self.pending.append(chunk)
+        self.pending_bytes += len(chunk)
+        if self.pending_bytes >= FEED_BYTES:
+            await self._feed_pending()
+
+    async def _feed_pending(self) -> None:
+        """Hand the buffered chunks to the reader (temp files are written in the executor)."""
+        if self.body is None or self.problem is not None or not self.pending_bytes:
+            return
+        data = b"".join(self.pending)
+        self.pending, self.pending_bytes = [], 0
+        try:
+            await self.run_blocking(self.body.feed, data)
+            return
+        except MultipartError as exc:
+            self.problem = (400, f"malformed multipart body: {exc}")
+        except OSError as exc:  # disk full while receiving: nothing is kept, the client may retry
+            log.warning("STOW body could not be written: %s", exc)
+            self.problem = (503, f"the archive cannot store the upload now: {exc.strerror or exc}")
         await self.run_blocking(self.body.discard)
 
     def on_connection_close(self) -> None:
@@ -89,6 +113,7 @@ class StowHandler(BaseHandler):
             self.body = None
 
     async def post(self, study: str | None = None) -> None:
+        await self._feed_pending()
         if self.problem is not None:
             raise ProblemError(*self.problem)
         assert self.body is not None
@@ -112,11 +137,31 @@ class StowHandler(BaseHandler):
                     failure_status=SOP_UNSUPPORTED_MEDIA,
                     reason=f"part of type {part.content_type} is not application/dicom",
                 )
+        scope = self.identity.scope if self.identity is not None else None
+        if scope is not None:  # a user limited to study groups stores only into them
+            allowed = await self.run_blocking(
+                security_of(self.ctx).may_store_files, scope, [parts[i].path for i in dicom_parts]
+            )
+            for position, (ok, sop_class, sop_instance) in zip(list(dicom_parts), allowed, strict=True):
+                if not ok:
+                    parts[position].path.unlink(missing_ok=True)
+                    dicom_parts.remove(position)
+                    outcomes[position] = StoreOutcome(
+                        StoreStatus.REJECTED,
+                        sop_class_uid=sop_class,
+                        sop_instance_uid=sop_instance,
+                        failure_status=NOT_AUTHORIZED,
+                        reason="outside the study groups of this account",
+                    )
         # One index transaction for the request; files made durable in parallel (archive.ingest_batch).
-        stored = await self.run_blocking(
-            self.ctx.archive.ingest_batch,
-            [(parts[i].path, parts[i].sha256 or None) for i in dicom_parts],
-            study,
+        stored = (
+            await self.run_blocking(
+                self.ctx.archive.ingest_batch,
+                [(parts[i].path, parts[i].sha256 or None) for i in dicom_parts],
+                study,
+            )
+            if dicom_parts
+            else []
         )
         for position, outcome in zip(dicom_parts, stored, strict=True):
             outcomes[position] = outcome
@@ -161,13 +206,23 @@ class StowHandler(BaseHandler):
             body["00081198"] = {"vr": "SQ", "Value": failed}
         if referenced:
             body["00081199"] = {"vr": "SQ", "Value": referenced}
-        if failed and not referenced:
+        if failed and not referenced and all(_temporary(o) for o in outcomes):
+            status = 503  # out of storage or database: PS3.18 8.5 Service Unavailable, try again later
+            self.set_header("Retry-After", "30")
+        elif failed and not referenced:
             status = 409
         elif failed:
             status = 202
         else:
             status = 200
         self.write_json(body, "application/dicom+json", status)
+
+
+def _temporary(outcome: StoreOutcome) -> bool:
+    """Refused for lack of disk space or database (0xA700 from the archive), not for the instance itself."""
+    return outcome.failure_status == OUT_OF_RESOURCES and outcome.reason.startswith(
+        ("storage error", "database unavailable")
+    )
 
 
 def _parameter(content_type: str, name: str) -> str | None:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+import tempfile
+import zipfile
+from typing import IO, Any
 
 from sqlalchemy import select
 
+from server.archive.deidentify import (
+    BurnedInAnnotationError,
+    ExportReport,
+    archived_study_files,
+    export_study,
+    zip_writer,
+)
 from server.archive.models import Instance, Patient, Series, Study
+from server.jobs.queue import failed_jobs, job_counts, total_counts
 from server.modules import SeriesRecord
+from server.security.audit import EXPORT
+from server.security.policy import Permission
 from server.web.base import BaseHandler, ProblemError
 
 GENERIC_VIEWER = "/viewer/"
@@ -96,6 +108,50 @@ class StudyHandler(BaseHandler):
         }
 
 
+class DeidentifiedExportHandler(BaseHandler):
+    """POST /api/studies/{uid}/deidentified-export: the study de-identified (PS3.15 Basic Profile), as a zip.
+
+    POST, not GET: each call makes a new export with a new key (unlinkable UIDs), and it needs
+    the WRITE permission (clinicians, administrators). Audited as an Export (110106).
+    """
+
+    audit_events = {"POST": (EXPORT, "R", "")}
+    CHUNK = 1024 * 1024
+
+    async def post(self, study: str) -> None:
+        choice = self.get_query_argument("burned_in", "refuse")
+        if choice not in ("refuse", "leave-out"):
+            raise ProblemError(400, "burned_in must be refuse (the default) or leave-out")
+        # Spooled to an unnamed file in the data folder (room for a large study), streamed, then gone.
+        with tempfile.TemporaryFile(dir=self.ctx.settings.data_dir) as spool:
+            report = await self.run_blocking(self._export, study, spool, choice == "leave-out")
+            self.set_header("Content-Type", "application/zip")
+            self.set_header("Content-Disposition", 'attachment; filename="deidentified-study.zip"')
+            self.set_header("Cache-Control", "no-store")
+            self.set_header("X-Tessera-Instances", str(report.instances))
+            self.set_header("X-Tessera-Left-Out", str(len(report.left_out)))
+            await self.run_blocking(spool.seek, 0)
+            while chunk := await self.run_blocking(spool.read, self.CHUNK):
+                self.write(chunk)
+                await self.flush()
+            await self.finish()
+
+    def _export(self, study: str, spool: IO[bytes], leave_out: bool) -> ExportReport:
+        files = archived_study_files(self.ctx.archive, study)
+        if not files:
+            raise ProblemError(404, "no study with that UID in the archive")
+        try:
+            with zipfile.ZipFile(spool, "w") as bundle:
+                return export_study(files, zip_writer(bundle), leave_out_burned_in=leave_out)
+        except BurnedInAnnotationError as exc:
+            raise ProblemError(
+                409,
+                str(exc),
+                title="Burned-in annotation",
+                burned_in_instances=exc.sop_instance_uids,
+            ) from exc
+
+
 class ModulesHandler(BaseHandler):
     """GET /api/modules: the specialty modules this server loaded."""
 
@@ -112,6 +168,20 @@ class ModulesHandler(BaseHandler):
                 }
                 for m in modules
             ]
+        )
+
+
+class JobsHandler(BaseHandler):
+    """GET /api/jobs: the derived-job queue, for administrators: jobs per kind and state, recent failures."""
+
+    permissions = {"*": Permission.ADMIN}
+
+    async def get(self) -> None:
+        sessions = self.ctx.archive.sessions
+        counts, failed = await self.run_blocking(lambda: (job_counts(sessions), failed_jobs(sessions, 20)))
+        self.set_header("Cache-Control", "no-store")
+        self.write_json(
+            {"total": total_counts(counts), "kinds": counts, "failed": [job.as_json() for job in failed]}
         )
 
 

@@ -9,12 +9,20 @@ from typing import Any
 
 from tornado.log import access_log
 from tornado.routing import PathMatches, Rule, RuleRouter
-from tornado.web import Application, RedirectHandler, RequestHandler, StaticFileHandler
+from tornado.web import Application, HTTPError, RedirectHandler, RequestHandler, StaticFileHandler
 
 from server.context import ServerContext
 from server.dicomweb.routes import dicomweb_routes
+from server.security.admin import (
+    NAME,
+    EmergencyHandler,
+    GroupHandler,
+    GroupsHandler,
+    UserActionHandler,
+    UsersHandler,
+)
 from server.security.handlers import AuditExportHandler, AuditHandler, SessionHandler
-from server.web.api import HealthHandler, ModulesHandler, StudyHandler
+from server.web.api import DeidentifiedExportHandler, HealthHandler, JobsHandler, ModulesHandler, StudyHandler
 from server.web.base import CONTENT_SECURITY_POLICY, HSTS, NotFoundHandler
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +41,12 @@ class FrontendFile(StaticFileHandler):
         self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         if self.request.protocol == "https":
             self.set_header("Strict-Transport-Security", HSTS)
+
+    @classmethod
+    def get_absolute_path(cls, root: str, path: str) -> str:
+        if "\x00" in path:  # os.path would raise ValueError: a 500 instead of a refusal
+            raise HTTPError(400, "a file path with a NUL byte")
+        return str(super().get_absolute_path(root, path))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/problem+json")
@@ -75,11 +89,19 @@ def make_app(ctx: ServerContext) -> Application:
     routes += [
         *dicomweb_routes(ctx),
         (rf"/api/studies/({UID})/?$", StudyHandler, k),
+        (rf"/api/studies/({UID})/deidentified-export/?$", DeidentifiedExportHandler, k),
         (r"/api/modules/?$", ModulesHandler, k),
         (r"/api/health/?$", HealthHandler, k),
+        (r"/api/jobs/?$", JobsHandler, k),
         (r"/api/session/?$", SessionHandler, k),
         (r"/api/audit/?$", AuditHandler, k),
         (r"/api/audit/export/?$", AuditExportHandler, k),
+        (r"/api/emergency/?$", EmergencyHandler, k),
+        (r"/api/users/?$", UsersHandler, k),
+        (rf"/api/users/{NAME}/(disable|enable|password|logout|groups)/?$", UserActionHandler, k),
+        (r"/api/groups/?$", GroupsHandler, k),
+        (rf"/api/groups/{NAME}/?$", GroupHandler, k),
+        (r"/admin$", RedirectHandler, {"url": "/static/admin.html"}),
         (r"/login$", RedirectHandler, {"url": "/static/login.html"}),
         (r"/audit$", RedirectHandler, {"url": "/static/audit.html"}),
         (r"/api/(openapi\.json)$", FrontendFile, {"path": str(OPENAPI.parent)}),

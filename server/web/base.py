@@ -9,17 +9,21 @@ import functools
 import inspect
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar, TypeVar
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+from tornado.httputil import HTTPHeaders, format_timestamp
 from tornado.iostream import StreamClosedError
 from tornado.web import HTTPError, RequestHandler
 
 from server.context import ServerContext
 from server.security import guard
 from server.security.accounts import Identity
-from server.security.policy import Permission
+from server.security.policy import SAFE_METHODS, Permission
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,6 +46,26 @@ class ProblemError(HTTPError):
 
 
 HSTS = "max-age=31536000; includeSubDomains"
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date() -> str:
+    """The Date header for this second (formatting it per request costs more than a warm tile)."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, format_timestamp(now))
+    return _date_cache[1]
+
+
+RETRY_AFTER_SECONDS = "5"  # on every 503: the database or disk is expected back shortly
+
+
+def database_unavailable(exc: BaseException | None) -> bool:
+    """The index database cannot be reached (restart, lost connection, pool exhausted): answer 503."""
+    if isinstance(exc, OperationalError | InterfaceError | SQLAlchemyTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def _authorized_first(prepare: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
@@ -78,12 +102,25 @@ class BaseHandler(RequestHandler):
     def initialize(self, ctx: ServerContext) -> None:
         self.ctx = ctx
 
+    def clear(self) -> None:
+        """Tornado's reset of the response, minus two per-request costs a tile server feels: the
+        Date header is formatted once a second, and no Server header advertises the software."""
+        headers = HTTPHeaders()
+        headers["Content-Type"] = "text/html; charset=UTF-8"
+        headers["Date"] = http_date()
+        self._headers = headers
+        self.set_default_headers()
+        self._write_buffer = []
+        self._status_code = 200
+        self._reason = "OK"
+
     def set_default_headers(self) -> None:
-        self.set_header("X-Content-Type-Options", "nosniff")
-        self.set_header("Referrer-Policy", "no-referrer")
-        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        headers = self._headers  # constants: no need for set_header's per-value validation
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "no-referrer"
+        headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         if self.request.protocol == "https":
-            self.set_header("Strict-Transport-Security", HSTS)
+            headers["Strict-Transport-Security"] = HSTS
 
     async def prepare(self) -> None:
         await self._guarded_prepare(None)
@@ -146,13 +183,13 @@ class BaseHandler(RequestHandler):
         if spec is None:
             self._audit_state = "done"
             return False
-        record = guard.request_record(self, spec, self.identity)
         studies, patients, others = guard.named_uids(self)
-        key = guard.coalesce_key(record, studies, others, self)
+        key = guard.coalesce_key(self, spec, self.identity, studies, others)
         service = guard.security_of(self.ctx)
-        if key is not None and service.recently_recorded(key):
+        if key is not None and service.recently_recorded(key):  # decided before building a record
             self._audit_state = "done"
             return False
+        record = guard.request_record(self, spec, self.identity)
         self._audit_state = "writing"
         self._audit_task = asyncio.ensure_future(
             self.run_blocking(guard.write_request_record, self.ctx, record, studies, patients, others, key)
@@ -171,6 +208,7 @@ class BaseHandler(RequestHandler):
                 self.clear()
                 self.set_status(503)
                 self.set_header("Content-Type", "application/problem+json")
+                self.set_header("Retry-After", RETRY_AFTER_SECONDS)
                 body = {
                     "type": "about:blank",
                     "status": 503,
@@ -210,6 +248,14 @@ class BaseHandler(RequestHandler):
             return self._finishing
         return super().finish(chunk)
 
+    def on_finish(self) -> None:
+        if (
+            self.request.method not in SAFE_METHODS
+            and self._status_code < 400
+            and self.request.path.startswith("/api/")
+        ):
+            guard.credential_cache.clear()  # users, tokens, groups or a break-glass may have changed
+
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.ctx.run_blocking(fn, *args)
 
@@ -233,9 +279,15 @@ class BaseHandler(RequestHandler):
             )
             if exc.log_message and status_code < 500:
                 body["detail"] = exc.log_message % exc.args if exc.args else exc.log_message
+        elif database_unavailable(exc):  # PostgreSQL restarting, connection lost: a short outage
+            status_code = 503
+            self.set_status(status_code)
+            body.update(status=503, title="Service Unavailable", detail="the index database is unavailable")
         else:
             body["title"] = "Internal Server Error"
             body["detail"] = "the server failed on this request; it is logged and the server keeps serving"
+        if status_code == 503:
+            self.set_header("Retry-After", RETRY_AFTER_SECONDS)
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/problem+json")
         self.finish(json.dumps(body))
