@@ -4,6 +4,10 @@
 
 Baselines measured in the same run: copying the same files (with and without fsync),
 and Orthanc (Debian package, if installed) ingesting and answering the same queries.
+STOW-RS and QIDO-RS run on SQLite and PostgreSQL, with 1 and 2 `tessera serve` processes
+(--databases, --processes). The query archive is filled through ``Archive.ingest_batch``
+(the STOW-RS path without HTTP, and without fsync); Orthanc is filled over REST up to
+--orthanc-instances.
 """
 
 from __future__ import annotations
@@ -18,16 +22,17 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import requests
-from pydicom.uid import generate_uid
 
 from sample_data.radiology import Patient, Study, ct_series
 from server.archive.archive import Archive
 from server.cli import import_paths
 from server.config import load_settings
-from tests.bench.measure import Latency, print_table, time_calls
+from tests.bench.measure import Figure, Latency, print_table, time_calls
+from tests.bench.measure import record as save
 from tests.bench.servers import OrthancProcess, TesseraProcess
 
 POSTGRES_ADMIN = os.environ.get(
@@ -73,29 +78,60 @@ def write_ct_files(out: Path, count: int) -> list[Path]:
 
 
 def tiny_instances(count: int) -> list[bytes]:
-    """Many small instances spread over patients/studies/dates, for query benchmarks."""
+    """Many small real CT instances (16 x 16) spread over patients/studies/dates, for query benchmarks.
+
+    One instance is made with pydicom; every other one is that file with its identifying values
+    (same lengths) replaced, so 100,000 take seconds rather than many minutes."""
     template = ct_series(1, size=16)[0]
+    placeholders = {
+        "PatientID": "PIDPLACE",
+        "PatientName": "NAMEPLACEHOLDER^XXXXXXXX",
+        "StudyInstanceUID": _uid(1, 0),
+        "SeriesInstanceUID": _uid(2, 0),
+        "SOPInstanceUID": _uid(3, 0),
+        "StudyDate": "19000101",
+        "AccessionNumber": "AXXXXXXXX",
+    }
+    for keyword, value in placeholders.items():
+        setattr(template, keyword, value)
+    template.file_meta.MediaStorageSOPInstanceUID = placeholders["SOPInstanceUID"]
+    buffer = io.BytesIO()
+    template.save_as(buffer, enforce_file_format=True)
+    blob = buffer.getvalue()
+    for keyword, value in placeholders.items():
+        expected = 2 if keyword == "SOPInstanceUID" else 1  # also in the file meta
+        assert blob.count(value.encode()) == expected, keyword
     rng = random.Random(7)
     payloads = []
     per_study = 10
     for index in range(count):
         if index % per_study == 0:
-            study_uid, patient = generate_uid(), index // (per_study * 2)
+            study = index // per_study
+            patient = index // (per_study * 2)
             date = f"20{rng.randint(10, 25):02d}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
-            series_uids = [generate_uid(), generate_uid()]
-        ds = template
-        ds.PatientID = f"P{patient:07d}"
-        ds.PatientName = f"{SURNAMES[patient % len(SURNAMES)]}^PAT{patient}"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uids[index % 2]
-        ds.StudyDate = date
-        ds.AccessionNumber = f"A{index // per_study:08d}"
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        payloads.append(buffer.getvalue())
+            name = f"{SURNAMES[patient % len(SURNAMES)]}^PAT{patient}"
+        values = {
+            "PatientID": f"P{patient:07d}",
+            "PatientName": name.ljust(len(placeholders["PatientName"])),
+            "StudyInstanceUID": _uid(1, study),
+            "SeriesInstanceUID": _uid(2, study * 2 + index % 2),
+            "SOPInstanceUID": _uid(3, index),
+            "StudyDate": date,
+            "AccessionNumber": f"A{study:08d}",
+        }
+        data = blob
+        for keyword, value in values.items():
+            data = data.replace(placeholders[keyword].encode(), value.encode("latin-1"))
+        payloads.append(data)
     return payloads
+
+
+_RUN = random.Random().randrange(10**8, 10**9)  # a fresh UID space per run
+
+
+def _uid(kind: int, number: int) -> str:
+    """A 2.25 UID of fixed length (44 characters) for ``kind`` and ``number``."""
+    return f"2.25.{kind}{_RUN}{number:029d}"
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -152,6 +188,15 @@ def orthanc_rest_post(url: str, paths: list[Path], clients: int = 1) -> None:
         list(pool.map(send, paths))
 
 
+STOW_CLIENTS = 2  # concurrent clients, so that a second server process has work
+
+
+def orthanc_note(wanted: bool) -> str:
+    if not wanted:
+        return "skipped (--no-orthanc)"
+    return "" if OrthancProcess.available() else "Orthanc not installed"
+
+
 def new_pg_database() -> str:
     from sqlalchemy import create_engine, text
 
@@ -172,13 +217,21 @@ def drop_pg_database(url: str) -> None:
     admin.dispose()
 
 
-def bench_ingest(work: Path, count: int, with_orthanc: bool) -> None:
+def bench_ingest(
+    work: Path,
+    count: int,
+    with_orthanc: bool,
+    databases: list[str],
+    processes: list[int],
+    with_import: bool = True,
+) -> None:
     files = write_ct_files(work / "files", count)
     megabytes = sum(p.stat().st_size for p in files) / 1e6
     rows: list[tuple[str, float, float, str]] = []
 
     def record(label: str, seconds: float, note: str = "") -> None:
         rows.append((label, count / seconds, megabytes / seconds, note))
+        print(f"  {label}: {count / seconds:,.1f} instances/s", flush=True)
 
     record(
         "baseline: copy files",
@@ -190,22 +243,29 @@ def bench_ingest(work: Path, count: int, with_orthanc: bool) -> None:
         timed(lambda: copy_files(files, work / "copy2", fsync=True)),
         "durable, like the archive",
     )
-    for jobs in (1, 2):
+    for jobs in (1, 2) if with_import else ():
         archive = Archive(load_settings({}, data_dir=work / f"import-{jobs}"))
-        seconds = timed(lambda a=archive, j=jobs: import_paths(a, files, quiet=True, jobs=j))
+        seconds = timed(partial(import_paths, archive, files, quiet=True, jobs=jobs))
         record(f"tessera import (SQLite), {jobs} process(es)", seconds, "as `tessera import -j N`")
         archive.close()
-    for label in ("SQLite", "PostgreSQL"):
-        for clients in (1, 2):
+    stow_rates: dict[tuple[str, int], float] = {}
+    for label in databases:
+        for processes_ in processes:
             db_url = new_pg_database() if label == "PostgreSQL" else ""
-            server = TesseraProcess(work / f"stow-{label}-{clients}", db_url)
+            server = TesseraProcess(work / f"stow-{label}-{processes_}", db_url, processes=processes_)
             try:
-                seconds = timed(lambda s=server, c=clients: stow(s.url, files, clients=c))
-                record(f"tessera STOW-RS ({label}), {clients} client(s)", seconds, "25 instances/request")
+                seconds = timed(partial(stow, server.url, files, clients=STOW_CLIENTS))
+                stow_rates[(label, processes_)] = count / seconds
+                record(
+                    f"tessera STOW-RS ({label}), {processes_} process(es)",
+                    seconds,
+                    f"25 instances/request, {STOW_CLIENTS} clients",
+                )
             finally:
                 server.stop()
                 if db_url:
                     drop_pg_database(db_url)
+    orthanc_rate: float | None = None
     if with_orthanc and OrthancProcess.available():
         orthanc = OrthancProcess(work / "orthanc")
         try:
@@ -216,15 +276,28 @@ def bench_ingest(work: Path, count: int, with_orthanc: bool) -> None:
             )
         finally:
             orthanc.stop()
-        for clients in (1, 2):
-            orthanc = OrthancProcess(work / f"orthanc-stow-{clients}")
-            try:
-                seconds = timed(lambda o=orthanc, c=clients: stow(o.url, files, clients=c))
-                record(
-                    f"Orthanc STOW-RS (dicomweb plugin), {clients} client(s)", seconds, "25 instances/request"
-                )
-            finally:
-                orthanc.stop()
+        orthanc = OrthancProcess(work / "orthanc-stow")
+        try:
+            seconds = timed(partial(stow, orthanc.url, files, clients=STOW_CLIENTS))
+            orthanc_rate = count / seconds
+            record(
+                "Orthanc STOW-RS (dicomweb plugin)", seconds, f"25 instances/request, {STOW_CLIENTS} clients"
+            )
+        finally:
+            orthanc.stop()
+    for (label, processes_), rate in stow_rates.items():
+        save(
+            Figure(
+                "ingest",
+                f"STOW-RS, {count:,} CT instances",
+                f"{label}, {processes_} proc",
+                "instances/s",
+                rate,
+                "Orthanc STOW-RS",
+                orthanc_rate,
+                baseline_note=orthanc_note(with_orthanc),
+            )
+        )
     print_table(
         f"Ingest: {count} CT instances, {megabytes:.1f} MB (256 x 256 x 16 bit)",
         ["path", "instances/s", "MB/s", "note"],
@@ -254,58 +327,118 @@ def query_latencies(url: str, repeat: int) -> dict[str, Latency]:
     return out
 
 
-def bench_qido(work: Path, count: int, repeat: int, with_orthanc: bool) -> None:
+def fill_index(archive: Archive, payloads: list[bytes], batch: int = 500) -> None:
+    """Ingest through ``ingest_batch`` (one index transaction per batch), as STOW-RS does, but
+    without fsync: the query benchmark measures queries, and 200,000 fsyncs would take longer
+    than all of them on an ordinary disk. The archive is otherwise exactly as STOW-RS leaves it."""
+    archive.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+    real_fsync = os.fsync
+    os.fsync = lambda fd: None  # this process only, for the fill only
+    try:
+        _fill(archive, payloads, batch)
+    finally:
+        os.fsync = real_fsync
+
+
+def _fill(archive: Archive, payloads: list[bytes], batch: int) -> None:
+    for start in range(0, len(payloads), batch):
+        items: list[tuple[Path, str | None]] = []
+        for payload in payloads[start : start + batch]:
+            path = archive.settings.tmp_dir / f"bench-{uuid.uuid4().hex}.dcm"
+            path.write_bytes(payload)
+            items.append((path, None))
+        outcomes = archive.ingest_batch(items)
+        assert all(o.ok for o in outcomes), [o for o in outcomes if not o.ok][:3]
+
+
+def bench_qido(
+    work: Path,
+    count: int,
+    repeat: int,
+    with_orthanc: bool,
+    databases: list[str],
+    processes: list[int],
+    orthanc_count: int,
+) -> None:
     payloads = tiny_instances(count)
     rows = []
-    for label in ("SQLite", "PostgreSQL"):
+    tessera: dict[tuple[str, int], dict[str, Latency]] = {}
+    for label in databases:
         db_url = "" if label == "SQLite" else new_pg_database()
         settings = load_settings({}, data_dir=work / f"qido-{label}", database_url=db_url)
         archive = Archive(settings)
         start = time.perf_counter()
-        for payload in payloads:
-            archive.ingest_bytes(payload)
+        fill_index(archive, payloads)
         fill = time.perf_counter() - start
         archive.close()
-        server = TesseraProcess(settings.data_dir, db_url)
+        print(f"  filled {label} with {count:,} instances at {count / fill:,.0f}/s", flush=True)
         try:
-            for query, latency in query_latencies(server.url, repeat).items():
-                rows.append(
-                    (
-                        f"tessera ({label})",
-                        query,
-                        latency.p50,
-                        latency.p99,
-                        f"filled at {count / fill:,.0f}/s",
+            for processes_ in processes:
+                server = TesseraProcess(settings.data_dir, db_url, processes=processes_)
+                try:
+                    tessera[(label, processes_)] = query_latencies(server.url, repeat)
+                finally:
+                    server.stop()
+                for query, latency in tessera[(label, processes_)].items():
+                    rows.append(
+                        (
+                            f"tessera ({label}, {processes_} proc)",
+                            query,
+                            latency.p50,
+                            latency.p99,
+                            f"{count:,} instances, filled at {count / fill:,.0f}/s",
+                        )
                     )
-                )
         finally:
-            server.stop()
             if db_url:
                 drop_pg_database(db_url)
+    orthanc: dict[str, Latency] = {}
+    orthanc_count = min(orthanc_count, count)
     if with_orthanc and OrthancProcess.available():
-        orthanc = OrthancProcess(work / "orthanc-qido")
+        server_o = OrthancProcess(work / "orthanc-qido")
         try:
             session = requests.Session()
             start = time.perf_counter()
             with ThreadPoolExecutor(2) as pool:
                 list(
                     pool.map(
-                        lambda data: session.post(orthanc.url + "/instances", data=data, timeout=60), payloads
+                        lambda data: session.post(server_o.url + "/instances", data=data, timeout=60),
+                        payloads[:orthanc_count],
                     )
                 )
             fill = time.perf_counter() - start
-            for query, latency in query_latencies(orthanc.url, repeat).items():
+            print(
+                f"  filled Orthanc with {orthanc_count:,} instances at {orthanc_count / fill:,.0f}/s",
+                flush=True,
+            )
+            orthanc = query_latencies(server_o.url, repeat)
+            for query, latency in orthanc.items():
                 rows.append(
                     (
                         "Orthanc 1.10 (SQLite)",
                         query,
                         latency.p50,
                         latency.p99,
-                        f"filled at {count / fill:,.0f}/s",
+                        f"{orthanc_count:,} instances, filled at {orthanc_count / fill:,.0f}/s",
                     )
                 )
         finally:
-            orthanc.stop()
+            server_o.stop()
+    for (label, processes_), latencies in tessera.items():
+        for query, latency in latencies.items():
+            save(
+                Figure(
+                    "query",
+                    f"QIDO-RS p50, {query}, {count:,} instances",
+                    f"{label}, {processes_} proc",
+                    "ms",
+                    latency.p50,
+                    f"Orthanc at {orthanc_count:,}" if orthanc else "Orthanc",
+                    orthanc[query].p50 if orthanc else None,
+                    higher=False,
+                    baseline_note=orthanc_note(with_orthanc),
+                )
+            )
     print_table(
         f"QIDO-RS /studies at {count:,} instances ({count // 10:,} studies), {repeat} requests each",
         ["server", "query", "p50 ms", "p99 ms", "note"],
@@ -321,13 +454,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--instances", type=int, default=10_000, help="instances in the archive for the query benchmark"
     )
+    parser.add_argument(
+        "--orthanc-instances", type=int, default=10_000, help="instances Orthanc is filled with (slow)"
+    )
     parser.add_argument("--repeat", type=int, default=200, help="requests per query")
+    parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated")
+    parser.add_argument("--processes", default="1,2", help="tessera serve processes, comma-separated")
+    parser.add_argument("--only", choices=("ingest", "query"), help="run one half")
     parser.add_argument("--no-orthanc", action="store_true", help="skip the Orthanc baseline")
+    parser.add_argument("--no-import", action="store_true", help="skip the `tessera import` rows")
     args = parser.parse_args(argv)
+    names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+    databases = [names[d.strip().lower()] for d in args.databases.split(",") if d.strip()]
+    processes = [int(p) for p in args.processes.split(",")]
     with tempfile.TemporaryDirectory(prefix="tessera-bench-") as tmp:
         work = Path(tmp)
-        bench_ingest(work / "ingest", args.files, not args.no_orthanc)
-        bench_qido(work / "qido", args.instances, args.repeat, not args.no_orthanc)
+        if args.only in (None, "ingest"):
+            bench_ingest(
+                work / "ingest", args.files, not args.no_orthanc, databases, processes, not args.no_import
+            )
+        if args.only in (None, "query"):
+            bench_qido(
+                work / "qido",
+                args.instances,
+                args.repeat,
+                not args.no_orthanc,
+                databases,
+                processes,
+                args.orthanc_instances,
+            )
 
 
 if __name__ == "__main__":

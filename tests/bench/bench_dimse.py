@@ -32,6 +32,8 @@ from server.archive.query import QueryLevel, QuerySpec, run_query
 from server.config import DicomPeer, load_settings
 from server.dimse.transport import disable_nagle, handle_connection_open
 from server.serve import BackgroundServer
+from tests.bench.measure import Figure, record
+from tests.bench.servers import OrthancProcess
 from tests.conftest import free_port
 
 SCU = "BENCH_SCU"
@@ -58,7 +60,7 @@ def _rate(count: int, seconds: float) -> str:
     return f"{count / seconds:8.1f} instances/s"
 
 
-def bench_store(server: BackgroundServer, work: Path, count: int) -> None:
+def bench_store(server: BackgroundServer, work: Path, count: int, with_orthanc: bool = True) -> None:
     template = radiology.ct_series(1)[0]
     size_kib = len(_copies(template, 1, work / "probe")[0].read_bytes()) / 1024
     print(
@@ -110,6 +112,47 @@ def bench_store(server: BackgroundServer, work: Path, count: int) -> None:
         stored = len(server.ctx.archive.stored_instances(str(pydicom.dcmread(files[0]).StudyInstanceUID)))
         assert stored == count, f"dcmsend stored {stored} of {count}"
 
+    orthanc: float | None = None
+    if with_orthanc and OrthancProcess.available():
+        files = _copies(template, count, work / "orthanc-files")
+        peer = OrthancProcess(work / "orthanc")
+        try:
+            start = time.perf_counter()
+            subprocess.run(
+                [
+                    "dcmsend",
+                    "-aet",
+                    SCU,
+                    "-aec",
+                    "ORTHANC",
+                    "127.0.0.1",
+                    str(peer.dicom_port),
+                    *map(str, files),
+                ],
+                check=True,
+                capture_output=True,
+                env={**os.environ, "TCP_NODELAY": "1"},
+            )
+            orthanc = time.perf_counter() - start
+        finally:
+            peer.stop()
+    record(
+        Figure(
+            "ingest",
+            f"C-STORE (dcmsend, TCP_NODELAY), {count:,} CT instances",
+            f"{_database(server)}, 1 proc",
+            "instances/s",
+            count / dcmsend["1"],
+            "Orthanc C-STORE (dcmsend)",
+            count / orthanc if orthanc else None,
+            baseline_note=""
+            if orthanc
+            else "Orthanc not installed"
+            if with_orthanc
+            else "skipped (--no-orthanc)",
+        )
+    )
+
     print(f"  STOW-RS (dicomweb-client, 50 per request)    {_rate(count, stow)}   baseline")
     for nodelay, label in (("0", "Nagle on: Debian default"), ("1", "TCP_NODELAY=1")):
         seconds = dcmsend[nodelay]
@@ -117,6 +160,14 @@ def bench_store(server: BackgroundServer, work: Path, count: int) -> None:
         print(f"  {name:45} {_rate(count, seconds)}   x{stow / seconds:.2f}")
     seconds = pynetdicom_scu
     print(f"  C-STORE (pynetdicom SCU, TCP_NODELAY)         {_rate(count, seconds)}   x{stow / seconds:.2f}")
+    if orthanc:
+        print(
+            f"  {'C-STORE to Orthanc (dcmsend, TCP_NODELAY=1)':45} {_rate(count, orthanc)}   x{stow / orthanc:.2f}"
+        )
+
+
+def _database(server: BackgroundServer) -> str:
+    return "PostgreSQL" if server.settings.database_url.startswith("postgresql") else "SQLite"
 
 
 def _header_only(patient: int, study: int, series: int, instance: int, uids: tuple[str, str]) -> bytes:
@@ -273,6 +324,19 @@ def bench_find(server: BackgroundServer, repeats: int, patients: int) -> None:
         bare, _ = timed(canned, level, matches)
         (b50, b99), (w50, w99), (d50, d99) = _percentiles(base), _percentiles(web), _percentiles(dimse)
         f50, f99 = _percentiles(bare)
+        if name == "study by PatientID":
+            record(
+                Figure(
+                    "query",
+                    f"C-FIND p50, {name}, {archived:,} instances",
+                    f"{_database(server)}, 1 proc",
+                    "ms",
+                    d50,
+                    "pynetdicom SCP, canned answers",
+                    f50,
+                    higher=False,
+                )
+            )
         print(
             f"  {name:23} {found_c:7d}  {b50:5.1f} / {b99:5.1f}  {w50:5.1f} / {w99:5.1f}  {f50:7.1f} / {f99:6.1f}"
             f"  {d50:5.1f} / {d99:5.1f}  {f'x{d50 / w50:.2f}':>11}  {f'x{d50 / f50:.2f}':>12}"
@@ -325,6 +389,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=10_000, help="archive size for the C-FIND figures")
     parser.add_argument("--repeats", type=int, default=50, help="runs per query")
     parser.add_argument("--database-url", default="", help="index database (default: SQLite)")
+    parser.add_argument("--no-orthanc", action="store_true", help="skip the Orthanc C-STORE baseline")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-dimse-") as tmp:
         work = Path(tmp)
@@ -340,7 +405,7 @@ def main() -> None:
         )
         server = BackgroundServer.start(settings)
         try:
-            bench_store(server, work, args.store_files)
+            bench_store(server, work, args.store_files, not args.no_orthanc)
             patients = fill_archive(server, args.instances)
             bench_find(server, args.repeats, patients)
         finally:

@@ -37,6 +37,7 @@ from pydicom import dcmread
 from sample_data.mammography import CURRENT, RIVERA, write_mammography_demo
 from server.config import load_settings
 from server.serve import BackgroundServer
+from tests.bench.measure import Figure, record
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -207,6 +208,18 @@ def main() -> None:
         ("warm server and browser cache", warm_browser),
     ):
         print(f"  {name:<42} {median(values) * 1000:7.0f} ms   ({median(values) / base:4.2f}× baseline)")
+        record(
+            Figure(
+                "mammography",
+                f"hanging of 8 images {columns}×{rows}, {name}",
+                "SQLite, 1 proc",
+                "ms",
+                median(values) * 1000,
+                "8 whole WADO-RS /rendered frames",
+                base * 1000,
+                higher=False,
+            )
+        )
     print(f"tomosynthesis ({args.slices} slices of {columns // 2}×{rows // 2}), once cached:")
     print(f"  HTTP, sequential on one connection       {median(tomo_server):7.0f} slices/s")
     print(f"  viewer, one step per animation frame     {median(tomo_viewer):7.0f} slices/s")

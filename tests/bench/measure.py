@@ -47,3 +47,37 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
     return str(value)
+
+
+FIGURES_ENV = "TESSERA_BENCH_FIGURES"
+
+
+@dataclass
+class Figure:
+    """One line of the summary table (`python -m tests.bench`): a Tessera figure and its same-run baseline.
+
+    ``higher``: whether a larger value is better (throughput) or worse (latency). ``baseline`` None
+    means the baseline was not measured (``baseline_note`` says why, e.g. Orthanc not installed).
+    """
+
+    area: str
+    figure: str
+    setup: str
+    unit: str
+    tessera: float
+    baseline_name: str
+    baseline: float | None
+    higher: bool = True
+    baseline_note: str = ""
+
+
+def record(figure: Figure) -> None:
+    """Append a figure to the file the summary command named; a benchmark run alone just prints."""
+    import json
+    import os
+    from dataclasses import asdict
+
+    path = os.environ.get(FIGURES_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(asdict(figure)) + "\n")

@@ -23,7 +23,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
+def wait_http(url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -52,20 +52,31 @@ class TesseraProcess:
             "TESSERA_DICOM_PORT": str(self.dicom_port),
             "TESSERA_DICOM_ALLOW_UNKNOWN": "true",
         }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.log = Path(str(data_dir).rstrip("/") + ".log")  # beside the data folder, not in it
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "serve"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(self.url + "/api/health")
+        try:
+            wait_http(self.url + "/api/health")
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; its log: {self.log.read_text(errors='replace')[-2000:]}") from None
 
     def stop(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(20)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
 
 
 class OrthancProcess:
