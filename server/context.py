@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from server.archive.archive import Archive
+from server.archive.documents import DocumentStore
 from server.config import Settings
 from server.imaging.frames import HeaderCache
 
@@ -28,6 +29,11 @@ class ServerContext:
     registry: ModuleRegistry | None = None
     headers: HeaderCache = field(default_factory=HeaderCache)
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def documents(self) -> DocumentStore:
+        """Where modules keep what users make (plans, annotations): the index database, shared by all processes."""
+        return DocumentStore(self.archive.sessions)
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run decoding, parsing or SQL off the event loop."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from modules.orthopedics.plans import (
 )
 from modules.orthopedics.templates import TemplateLibrary
 from sample_data.orthopedics import PELVIS
+from server.archive.archive import Archive
+from server.archive.documents import DocumentStore
 from server.imaging.calibration import Calibration, CalibrationSource, calibrate_from_circle
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
@@ -62,8 +63,8 @@ def test_bad_plans_name_the_item_at_fault(library: TemplateLibrary, document: ob
         parse_plan(document, library)
 
 
-def test_store_round_trip_and_concurrent_updates(tmp_path: Path, library: TemplateLibrary) -> None:
-    store = PlanStore(tmp_path)
+def test_store_round_trip_and_concurrent_updates(archive: Archive, library: TemplateLibrary) -> None:
+    store = PlanStore(DocumentStore(archive.sessions))
     assert store.load(STUDY, SERIES, SOP).plan == Plan()
     plan = parse_plan(
         {
@@ -87,11 +88,11 @@ def test_store_round_trip_and_concurrent_updates(tmp_path: Path, library: Templa
     assert loaded.plan.revision == 40  # no update lost
     assert loaded.plan.measurements == plan.measurements and loaded.plan.templates == plan.templates
     assert loaded.user_calibration == user
-    stored = json.loads(store.path_for(STUDY, SOP).read_text())
-    assert stored["format"] == "tessera.orthopedic-plan/1"
-    assert not list(store.path_for(STUDY, SOP).parent.glob("*.tmp"))
+    stored = store.shelf.get(store.key_for(STUDY, SOP))
+    assert stored is not None and stored.version == 40
+    assert stored.body["format"] == "tessera.orthopedic-plan/1"
     with pytest.raises(PlanError, match="UID"):
-        store.path_for("../etc", SOP)
+        store.key_for("../etc", SOP)
 
 
 def test_evaluation_follows_the_calibration(library: TemplateLibrary) -> None:

@@ -1,8 +1,9 @@
 """Calibrations and plans saved with the study, so anyone who reopens it sees the same thing.
 
-One JSON document per radiograph under ``{data dir}/orthopedics/studies/{study}/{sop}.json``
-(no database table: a plan is read and written whole, by one image, and must survive
-a database rebuild from the blobs). It holds
+One module document per radiograph, keyed ``{study}/{sop}`` (see ``server.archive.documents``:
+every server process of a deployment shares it through the index database, whatever data
+folder it has; earlier versions kept ``{data dir}/orthopedics/studies/{study}/{sop}.json``
+files, imported on first start). It holds
 
 * ``calibration``: the user's calibration (marker/line) or their choice of a DICOM
   source, or nothing (then the DICOM order applies);
@@ -12,20 +13,18 @@ a database rebuild from the blobs). It holds
 
 Values (lengths, angles, offset changes) are *not* stored as truth: they are recomputed
 from the points and the calibration every time (:func:`evaluate_plan`), so a changed
-calibration changes every number consistently. Writes are atomic (temp file, fsync,
-rename) under a thread lock and an ``flock`` (several server processes may share the data
-folder), so a crash never leaves half a plan and two saves never interleave.
+calibration changes every number consistently. Every change is an optimistic
+read-modify-write on the document's version (:meth:`PlanStore.update`), so two saves from
+any two processes never interleave and neither is lost.
 """
 
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
-import os
 import re
-import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from modules.orthopedics.templates import (
     TemplatePlacement,
     placed_landmarks,
 )
+from server.archive.documents import DocumentStore
 from server.imaging.calibration import Calibration, CalibrationError, CalibrationSource
 
 PLAN_FORMAT = "tessera.orthopedic-plan/1"
@@ -202,58 +202,76 @@ class ImageRecord:
 
 
 class PlanStore:
-    """Reads and writes :class:`ImageRecord` files; blocking, so call it from an executor."""
+    """Reads and writes :class:`ImageRecord` documents; blocking, so call it from an executor."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._lock = threading.RLock()  # update() holds it across load and save
+    def __init__(self, documents: DocumentStore) -> None:
+        self.shelf = documents.shelf("orthopedics", "image")
 
-    def path_for(self, study_uid: str, sop_uid: str) -> Path:
+    @staticmethod
+    def key_for(study_uid: str, sop_uid: str) -> str:
         if not (UID_PATTERN.match(study_uid) and UID_PATTERN.match(sop_uid)):
             raise PlanError("not a DICOM UID")
-        return self.root / "studies" / study_uid / f"{sop_uid}.json"
+        return f"{study_uid}/{sop_uid}"
+
+    def import_files(self, root: Path) -> int:
+        """Earlier versions kept ``{root}/studies/{study}/{sop}.json``: bring them in."""
+        studies = root / "studies"
+        files = sorted(studies.glob("*/*.json")) if studies.is_dir() else []
+
+        def key_for(path: Path) -> str | None:
+            study, sop = path.parent.name, path.stem
+            return f"{study}/{sop}" if UID_PATTERN.match(study) and UID_PATTERN.match(sop) else None
+
+        return self.shelf.import_files(files, key_for, lambda path: json.loads(path.read_text("utf-8")))
 
     def load(self, study_uid: str, series_uid: str, sop_uid: str) -> ImageRecord:
-        path = self.path_for(study_uid, sop_uid)
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return ImageRecord(study_uid, series_uid, sop_uid)
-        calibration = document.get("calibration") or {}
-        user = calibration.get("user")
-        prefer = calibration.get("prefer")
-        return ImageRecord(
-            study_uid,
-            series_uid,
-            sop_uid,
-            user_calibration=Calibration.from_json(user) if user else None,
-            preferred_source=CalibrationSource(prefer) if prefer else None,
-            plan=_plan_from_stored(document.get("plan") or {}),
-            archived=list(document.get("archived", [])),
-        )
+        document = self.shelf.get(self.key_for(study_uid, sop_uid))
+        return _record(study_uid, series_uid, sop_uid, None if document is None else document.body)
 
-    def save(self, record: ImageRecord) -> None:
-        path = self.path_for(record.study_instance_uid, record.sop_instance_uid)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        with self._lock:
-            with open(temp, "w", encoding="utf-8") as handle:
-                json.dump(record.to_json(), handle, indent=1)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, path)
+    def save(self, record: ImageRecord, *, by: str | None = None) -> None:
+        key = self.key_for(record.study_instance_uid, record.sop_instance_uid)
+        self.shelf.put(key, record.to_json(), by=by)
 
-    def update(self, study_uid: str, series_uid: str, sop_uid: str, change: Any) -> ImageRecord:
-        """Load, apply ``change(record)``, save; one writer at a time so concurrent saves never interleave."""
-        path = self.path_for(study_uid, sop_uid)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # The thread lock orders this process's writers; the flock orders other server processes'.
-        with self._lock, open(path.with_suffix(".lock"), "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            record = self.load(study_uid, series_uid, sop_uid)
+    def update(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        change: Callable[[ImageRecord], object],
+        *,
+        by: str | None = None,
+    ) -> ImageRecord:
+        """Load, apply ``change(record)``, save, as one step against every other writer.
+
+        ``change`` runs again on a freshly loaded record whenever another writer saved first,
+        so it must decide from the record it is given, not from what an earlier call saw."""
+        written: list[ImageRecord] = []
+
+        def apply(body: Any) -> dict[str, Any]:
+            record = _record(study_uid, series_uid, sop_uid, body)
             change(record)
-            self.save(record)
-        return record
+            written[:] = [record]
+            return record.to_json()
+
+        self.shelf.update(self.key_for(study_uid, sop_uid), apply, by=by)
+        return written[0]
+
+
+def _record(study_uid: str, series_uid: str, sop_uid: str, document: dict[str, Any] | None) -> ImageRecord:
+    if document is None:
+        return ImageRecord(study_uid, series_uid, sop_uid)
+    calibration = document.get("calibration") or {}
+    user = calibration.get("user")
+    prefer = calibration.get("prefer")
+    return ImageRecord(
+        study_uid,
+        series_uid,
+        sop_uid,
+        user_calibration=Calibration.from_json(user) if user else None,
+        preferred_source=CalibrationSource(prefer) if prefer else None,
+        plan=_plan_from_stored(document.get("plan") or {}),
+        archived=list(document.get("archived", [])),
+    )
 
 
 def now_iso() -> str:

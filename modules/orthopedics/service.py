@@ -81,7 +81,8 @@ class OrthopedicsService:
     def __init__(self, ctx: ServerContext, library: TemplateLibrary) -> None:
         self.ctx = ctx
         self.library = library
-        self.store = PlanStore(ctx.settings.data_dir / "orthopedics")
+        self.store = PlanStore(ctx.documents)
+        self.store.import_files(ctx.settings.data_dir / "orthopedics")  # earlier versions' plan files
         self._pixels: OrderedDict[str, np.ndarray] = OrderedDict()
         self._pixels_lock = threading.Lock()
         self._sources: OrderedDict[str, DicomImageSource] = OrderedDict()
@@ -314,6 +315,7 @@ class OrthopedicsService:
         conflict: list[int] = []
 
         def change(record: ImageRecord) -> None:
+            conflict.clear()  # runs again on a fresh record if another process saved first
             if expected_revision is not None and expected_revision != record.plan.revision:
                 conflict.append(record.plan.revision)
                 return

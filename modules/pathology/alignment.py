@@ -1,6 +1,7 @@
 """Saved registration between two slides viewed side by side (offset in µm, rotation in degrees).
 
-Kept per ordered pair of series under the derived-data folder; the viewer applies it as
+Kept per ordered pair of series as a module document in the index database (shared by every
+server process, see ``server.archive.documents``); the viewer applies it as
 ``right = rotate(left, rotation) + offset`` in slide micrometres.
 """
 
@@ -8,10 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from server.archive.documents import DocumentStore
 
 
 class AlignmentError(ValueError):
@@ -37,29 +38,33 @@ def validate_alignment(document: Any) -> dict[str, Any]:
 
 
 class AlignmentStore:
-    """One small JSON file per ordered slide pair. Blocking."""
+    """One small document per ordered slide pair, keyed ``{left series}/{right series}``. Blocking."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, documents: DocumentStore) -> None:
+        self.shelf = documents.shelf("pathology", "alignment")
 
-    def path_for(self, left_uid: str, right_uid: str) -> Path:
-        return self.root / f"{left_uid}__{right_uid}.json"
+    @staticmethod
+    def key_for(left_uid: str, right_uid: str) -> str:
+        return f"{left_uid}/{right_uid}"
 
     def load(self, left_uid: str, right_uid: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path_for(left_uid, right_uid).read_text("utf-8"))
-        except FileNotFoundError:
+        document = self.shelf.get(self.key_for(left_uid, right_uid))
+        if document is None:
             return None
+        body: dict[str, Any] = document.body
+        return body
 
-    def save(self, left_uid: str, right_uid: str, alignment: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=self.root, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(alignment, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, self.path_for(left_uid, right_uid))
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+    def save(
+        self, left_uid: str, right_uid: str, alignment: dict[str, Any], *, by: str | None = None
+    ) -> None:
+        self.shelf.put(self.key_for(left_uid, right_uid), alignment, by=by)
+
+    def import_files(self, folder: Path) -> int:
+        """Earlier versions kept ``{left}__{right}.json`` files under the derived-data folder: bring them in."""
+        files = sorted(folder.glob("*__*.json")) if folder.is_dir() else []
+
+        def key_for(path: Path) -> str | None:
+            left, _, right = path.stem.partition("__")
+            return self.key_for(left, right) if left and right else None
+
+        return self.shelf.import_files(files, key_for, lambda path: json.loads(path.read_text("utf-8")))

@@ -4,17 +4,18 @@ Coordinates are level-0 image pixels (x right, y down), the convention QuPath an
 other slide tools use for GeoJSON, so a collection exported here imports there. Each
 feature carries ``label`` and ``color``; measurements the viewer derives (length, area)
 are recomputed from the geometry and the slide's calibration, never trusted from input.
-Writes are atomic (temp file + rename), so concurrent server processes never read half a file.
+Collections are module documents in the index database (``server.archive.documents``), so
+every server process of a deployment reads the one a user saved through any of them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from server.archive.documents import DocumentStore
 
 MAX_FEATURES = 5000
 MAX_VERTICES = 20_000
@@ -94,29 +95,26 @@ def validate_collection(document: Any) -> dict[str, Any]:
 
 
 class AnnotationStore:
-    """One GeoJSON file per slide under ``derived_dir/pathology/annotations``. Blocking."""
+    """One GeoJSON FeatureCollection per slide (keyed by its series UID). Blocking."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def path_for(self, series_uid: str) -> Path:
-        return self.root / f"{series_uid}.geojson"
+    def __init__(self, documents: DocumentStore) -> None:
+        self.shelf = documents.shelf("pathology", "annotations")
 
     def load(self, series_uid: str) -> dict[str, Any]:
-        try:
-            return json.loads(self.path_for(series_uid).read_text("utf-8"))
-        except FileNotFoundError:
+        document = self.shelf.get(series_uid)
+        if document is None:
             return {"type": "FeatureCollection", "features": []}
+        body: dict[str, Any] = document.body
+        return body
 
-    def save(self, series_uid: str, collection: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=self.root, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(collection, fh, separators=(",", ":"))
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, self.path_for(series_uid))
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+    def save(self, series_uid: str, collection: dict[str, Any], *, by: str | None = None) -> None:
+        self.shelf.put(series_uid, collection, by=by)
+
+    def import_files(self, folder: Path) -> int:
+        """Earlier versions kept ``{series}.geojson`` files under the derived-data folder: bring them in."""
+        files = sorted(folder.glob("*.geojson")) if folder.is_dir() else []
+        return self.shelf.import_files(files, lambda path: path.stem, _read_json)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text("utf-8"))

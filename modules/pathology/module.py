@@ -39,9 +39,16 @@ class PathologyModule:
 
     def __init__(self) -> None:
         self.library: SlideLibrary | None = None
+        self.annotations: AnnotationStore | None = None
+        self.alignments: AlignmentStore | None = None
 
     def setup(self, ctx: ServerContext) -> None:
         self.library = SlideLibrary(ctx.archive)
+        self.annotations = AnnotationStore(ctx.documents)
+        self.alignments = AlignmentStore(ctx.documents)
+        derived = ctx.settings.derived_dir / "pathology"  # where earlier versions kept them as files
+        self.annotations.import_files(derived / "annotations")
+        self.alignments.import_files(derived / "alignments")
 
     def claims(self, series: SeriesRecord) -> bool:
         return VL_WHOLE_SLIDE_MICROSCOPY_IMAGE_STORAGE in series.sop_class_uids
@@ -49,9 +56,8 @@ class PathologyModule:
     def routes(self, ctx: ServerContext) -> list[RouteSpec]:
         if self.library is None or self.library.archive is not ctx.archive:
             self.setup(ctx)
-        assert self.library is not None
+        assert self.library is not None and self.annotations is not None and self.alignments is not None
         megabytes = int(ctx.settings.extra.get("tile_cache_mb", 256))
-        derived = ctx.settings.derived_dir / "pathology"
         kwargs = {"library": self.library, "cache": tile_cache_of(ctx.extras, megabytes * 1024**2)}
         return [  # tiles first: the route matched thousands of times a second
             RouteSpec(r"slides/([^/]+)_files/([^/]+)/([^/]+)", TileHandler, kwargs),
@@ -62,7 +68,7 @@ class PathologyModule:
             RouteSpec(
                 r"slides/([^/]+)/annotations",
                 AnnotationsHandler,
-                {**kwargs, "store": AnnotationStore(derived / "annotations")},
+                {**kwargs, "store": self.annotations},
             ),
             RouteSpec(
                 r"slides/([^/]+)/dicom-annotations",
@@ -72,7 +78,7 @@ class PathologyModule:
             RouteSpec(
                 r"slides/([^/]+)/alignments/([^/]+)",
                 AlignmentHandler,
-                {**kwargs, "store": AlignmentStore(derived / "alignments")},
+                {**kwargs, "store": self.alignments},
             ),
         ]
 
