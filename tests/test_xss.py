@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 import requests
@@ -46,6 +46,11 @@ PAYLOADS = {
     "ReferringPhysicianName": "<svg><script>alert('Referring')</script></svg>",
     "BodyPartExamined": '"><b onclick=1>',
     "AccessionNumber": "'-alert(1)-'",
+}
+ANN_PAYLOADS = {
+    "label": "<img src=x onerror=window.__xss='ann'>",
+    "SeriesDescription": "<svg onload=alert('ann-series')>",
+    "Manufacturer": "\"><script>window.__xss='ann-maker'</script>",
 }
 USER_PAYLOAD = "<img/src=x/onerror=window.__xss='username'>"
 URL_PAYLOAD = "\"><img src=x onerror=window.__xss='url'>"
@@ -84,11 +89,30 @@ def hostile_archive(server: BackgroundServer, scratch: Path) -> None:
     ]
     paths = write_mammography_demo(scratch / "mg", shape=(256, 200), tomo_shape=(128, 100), slices=3)
     paths += write_orthopedics_demo(scratch / "ortho")
-    paths += generate(replace(SIZES["small"], width=1024, height=768), scratch / "wsi").dicom_files
+    slide = generate(replace(SIZES["small"], width=1024, height=768), scratch / "wsi").dicom_files
+    paths += slide
     datasets += [dcmread(p) for p in paths]
     for ds in datasets:
         outcome = server.ctx.archive.ingest_bytes(hostile(ds))
         assert outcome.ok, outcome.reason
+    server.ctx.archive.ingest_bytes(hostile_slide_annotations(dcmread(slide[0], stop_before_pixels=True)))
+
+
+def hostile_slide_annotations(level_0: FileDataset) -> bytes:
+    """Another tool's DICOM bulk annotations of the slide, hostile where the pathology viewers show
+    them (the read-only DICOM layer: series description, manufacturer, group label)."""
+    import numpy as np
+
+    from tests.test_pathology_dicom_annotations import other_tool_ann
+
+    outline = np.array([[100.0, 100.0], [400.0, 120.0], [380.0, 400.0]], dtype=np.float32)
+    ann = other_tool_ann(level_0, "2D", [(ANN_PAYLOADS["label"], "POLYGON", [outline])])
+    ann.SeriesDescription = ANN_PAYLOADS["SeriesDescription"]
+    ann.Manufacturer = ANN_PAYLOADS["Manufacturer"]
+    ann.SpecificCharacterSet = "ISO_IR 192"
+    buffer = io.BytesIO()
+    ann.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def pages(base: str, session: requests.Session) -> list[str]:
@@ -168,6 +192,23 @@ def report_pages(base: str, session: requests.Session) -> list[str]:
     return found
 
 
+def inspect_page(page: Any, target: str, problems: list[str]) -> str:
+    """Note on ``problems`` a payload that ran or markup the CSP stopped; return the shown text."""
+    ran = page.evaluate("window.__xss")
+    # OpenSeadragon adds a <style> element of its own (its focus outline), which the CSP
+    # blocks on the mammography viewer; that is the library, not a payload.
+    blocked = [
+        v
+        for v in page.evaluate("window.__csp")
+        if not (v.startswith("style-src") and "/vendor/openseadragon/" in v)
+    ]
+    if ran is not None:
+        problems.append(f"{target}: payload ran ({ran})")
+    if blocked:
+        problems.append(f"{target}: markup injected, stopped by CSP: {blocked}")
+    return str(page.evaluate("document.title + '\\n' + document.body.innerText"))
+
+
 def test_no_payload_runs_on_any_page(
     tessera_server_factory: Callable[..., BackgroundServer], tmp_path: Path
 ) -> None:
@@ -189,6 +230,14 @@ def test_no_payload_runs_on_any_page(
     plant_module_texts(base, admin)
     targets = pages(base, admin)
     targets += report_pages(base, admin)
+    slide_pages = [
+        t
+        for t in targets
+        if t.startswith("/pathology/static/viewer.html?study=") and URL_PAYLOAD[0] not in unquote(t)
+    ]
+    assert slide_pages, targets
+    series = slide_pages[0].rsplit("series=", 1)[1]
+    targets.append(slide_pages[0].replace("viewer.html", "compare.html") + f"&compare={series}")
     module_pages = [
         t for t in targets if t.split("/")[1] in ("pathology", "cardiology", "mammography", "orthopedics")
     ]
@@ -229,19 +278,7 @@ def test_no_payload_runs_on_any_page(
                     page.screenshot(path=str(ARTIFACTS / "xss-mammography-viewer.png"))
                 if target == "/static/audit.html":
                     page.screenshot(path=str(ARTIFACTS / "xss-audit.png"), full_page=True)
-                ran = page.evaluate("window.__xss")
-                # OpenSeadragon adds a <style> element of its own (its focus outline), which the CSP
-                # blocks on the mammography viewer; that is the library, not a payload.
-                blocked = [
-                    v
-                    for v in page.evaluate("window.__csp")
-                    if not (v.startswith("style-src") and "/vendor/openseadragon/" in v)
-                ]
-                if ran is not None:
-                    problems.append(f"{target}: payload ran ({ran})")
-                if blocked:
-                    problems.append(f"{target}: markup injected, stopped by CSP: {blocked}")
-                text = page.evaluate("document.title + '\\n' + document.body.innerText")
+                text = inspect_page(page, target, problems)
                 shown[target] = [k for k, p in PAYLOADS.items() if p in text]
                 texts[target] = text
             # The sign-in page for a visitor with a hostile ?next=: no open redirect, nothing runs.
@@ -263,4 +300,207 @@ def test_no_payload_runs_on_any_page(
     # The text is shown, literally, where it is displayed.
     assert {"PatientName", "PatientID", "StudyDescription"} <= set(shown["/"]), shown
     assert USER_PAYLOAD in texts["/static/audit.html"]  # the user who signed in
+    # the slide's DICOM annotation layer, in the single viewer and on both sides of the compare page
+    for target in (slide_pages[0], targets[-1]):
+        for key, payload in ANN_PAYLOADS.items():
+            count = texts[target].count(payload)
+            assert count >= (2 if "compare" in target and key != "label" else 1), (target, key, texts[target])
     assert PAYLOADS["StudyDescription"] in texts["/static/audit.html"]  # the failed login's user name
+
+
+# Module texts that are not DICOM tags of the core sweep: what users type into the cardiology
+# and orthopedics APIs, and the DICOM strings only those viewers show.
+MODULE_PAYLOADS = {
+    "ViewName": "<img src=x onerror=window.__xss='ViewName'>",
+    "StageName": "<svg onload=window.__xss='StageName'>",
+    "CalibrationDescription": "<img src=x onerror=alert('CalibrationDescription')>",
+    "ImplantName": "<script>window.__xss='ImplantName'</script>",
+    "Manufacturer": "<b onmouseover=alert('Manufacturer')>GIT",
+    "ImplantSize": "<i>52</i>",
+    "label": "<img src=x onerror=window.__xss='label'>",
+    "kind": "<svg/onload=window.__xss='kind'>",
+    "note": "</textarea><script>window.__xss='note'</script>",
+    "id": "\"><img src=x onerror=window.__xss='id'>",
+}
+
+
+def plant_cardiology_and_orthopedics(server: BackgroundServer, scratch: Path) -> None:
+    """An echo loop with a hostile view and stage, radiographs with a hostile calibration note,
+    and a DICOM implant template (GIT) whose manufacturer, name and size are hostile."""
+    from sample_data.cardiology import echo_loop
+    from sample_data.orthopedics import generic_implant_template, write_orthopedics_demo
+
+    loop = echo_loop("A4C", n_frames=6, rows=120, columns=160, stage=(1, MODULE_PAYLOADS["StageName"], 1))
+    loop.ViewName = MODULE_PAYLOADS["ViewName"]
+    radiographs = [dcmread(p) for p in write_orthopedics_demo(scratch / "ortho")]
+    for ds in radiographs:
+        if ds.get("PixelSpacingCalibrationType") == "GEOMETRY":
+            ds.PixelSpacingCalibrationDescription = MODULE_PAYLOADS["CalibrationDescription"]
+    template = generic_implant_template(
+        manufacturer=MODULE_PAYLOADS["Manufacturer"], implant_name=MODULE_PAYLOADS["ImplantName"]
+    )
+    template.ImplantSize = MODULE_PAYLOADS["ImplantSize"]
+    # The echo keeps its body part and series description: they are what makes it a cardiac loop.
+    part, description = loop.BodyPartExamined, loop.SeriesDescription
+    encoded = [hostile(ds) for ds in radiographs]
+    hostile(loop)
+    loop.BodyPartExamined, loop.SeriesDescription = part, description
+    for ds in (loop, template):
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        encoded.append(buffer.getvalue())
+    for data in encoded:
+        outcome = server.ctx.archive.ingest_bytes(data)
+        assert outcome.ok, outcome.reason
+
+
+def save_module_texts(base: str, session: requests.Session) -> tuple[list[str], dict[str, str]]:
+    """Hostile labels, ids, kinds and notes through the cardiology and orthopedics APIs; the
+    viewer pages to open, and the radiograph a plan was saved on, by page."""
+    targets: list[str] = []
+    planned: dict[str, str] = {}
+    (echo,) = studies_with(base, session, "US")
+    study = echo["StudyInstanceUID"]
+    index = session.get(f"{base}/cardiology/studies/{study}/loops", timeout=30).json()
+    sop = index["loops"][0]["sop_instance_uid"]
+    saved = session.put(
+        f"{base}/cardiology/studies/{study}/measurements",
+        json={
+            "measurements": [
+                {
+                    "id": MODULE_PAYLOADS["id"],
+                    "kind": "distance",
+                    "sop_instance_uid": sop,
+                    "frame": 1,
+                    "points": [[20, 20], [90, 70]],
+                    "label": MODULE_PAYLOADS["label"],
+                },
+                {
+                    "id": "2",
+                    "kind": "area",
+                    "sop_instance_uid": sop,
+                    "frame": 2,
+                    "points": [[30, 30], [80, 30], [60, 80]],
+                    "label": MODULE_PAYLOADS["note"],
+                },
+            ]
+        },
+        timeout=30,
+    )
+    assert saved.status_code == 200, saved.text
+    assert [m["label"] for m in saved.json()["measurements"]] == [
+        MODULE_PAYLOADS["label"],
+        MODULE_PAYLOADS["note"],
+    ]
+    targets += [s["viewer_url"] for s in echo["series"]]
+
+    templates = session.get(f"{base}/orthopedics/templates", timeout=60).json()["templates"]
+    (git,) = [t for t in templates if t["source"] == "DICOM GIT"]
+    assert (
+        git["name"] == MODULE_PAYLOADS["ImplantName"]
+        and git["manufacturer"] == MODULE_PAYLOADS["Manufacturer"]
+    )
+    for study in studies_with(base, session, "DX"):
+        for series in study["series"]:
+            images = session.get(
+                f"{base}/orthopedics/studies/{study['StudyInstanceUID']}/series/{series['SeriesInstanceUID']}/images",
+                timeout=30,
+            ).json()
+            image = images["images"][0] if isinstance(images, dict) else images[0]
+            radiograph = image["sop_instance_uid"]
+            calibration = session.get(
+                f"{base}/orthopedics/images/{radiograph}/calibration", timeout=30
+            ).json()
+            plan: dict[str, Any] = {
+                "measurements": [
+                    {
+                        "id": "m1",
+                        "kind": "leg-length",
+                        "label": MODULE_PAYLOADS["label"],
+                        "points": [[100, 400], [500, 400], [150, 600], [450, 610]],
+                    },
+                    {"id": "m2", "kind": MODULE_PAYLOADS["kind"], "points": [[10, 10], [20, 20]]},
+                ],
+                "templates": [
+                    {
+                        "id": "t1",
+                        "template_id": git["id"],
+                        "size": MODULE_PAYLOADS["ImplantSize"],
+                        "x": 300,
+                        "y": 300,
+                    }
+                ],
+                "note": MODULE_PAYLOADS["note"],
+            }
+            put = session.put(f"{base}/orthopedics/images/{radiograph}/plan", json=plan, timeout=60)
+            assert put.status_code == 200, put.text
+            assert put.json()["plan"]["note"] == MODULE_PAYLOADS["note"]
+            # the PDF report draws the hostile labels as plain text (no markup to trip over)
+            report = session.get(f"{base}/orthopedics/images/{radiograph}/plan/report.pdf", timeout=60)
+            assert report.status_code == 200 and report.content.startswith(b"%PDF"), report.text[:200]
+            targets.append(series["viewer_url"])
+            planned[series["viewer_url"]] = calibration["description"]
+    return targets, planned
+
+
+def test_no_module_text_runs_in_cardiology_or_orthopedics(
+    tessera_server_factory: Callable[..., BackgroundServer], tmp_path: Path
+) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    secure = start_secure(tessera_server_factory, audit_fsync=False)
+    base = secure.url
+    plant_cardiology_and_orthopedics(secure.server, tmp_path)
+    admin = secure.login("administrator")
+    admin.headers["X-XSRF-Token"] = admin.cookies.get("tessera_xsrf") or ""
+    targets, planned = save_module_texts(base, admin)
+    assert any(t.startswith("/cardiology/") for t in targets) and len(planned) == 2, targets
+    # The calibration note of the long-leg film reaches the API as the hostile text itself.
+    assert any(MODULE_PAYLOADS["CalibrationDescription"] in d for d in planned.values()), planned
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    problems: list[str] = []
+    texts: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 800})
+            context.add_init_script(WATCH)
+            context.add_cookies(
+                [{"name": c.name, "value": c.value or "", "url": base} for c in admin.cookies]
+            )
+            page = context.new_page()
+            page.set_default_timeout(15_000)
+            page.on("pageerror", lambda error: problems.append(f"{page.url}: page error {error}"))
+            for n, target in enumerate(targets):
+                page.goto(base + target)
+                page.wait_for_load_state("networkidle")
+                if target.startswith("/cardiology/"):
+                    page.wait_for_function("document.querySelectorAll('#measurements li').length === 2")
+                else:
+                    page.wait_for_function(
+                        "document.querySelectorAll('#measurements li, #templates li').length >= 3"
+                    )
+                    # every template the library offers, the hostile DICOM GIT one included
+                    page.wait_for_function("document.querySelectorAll('#template option').length >= 2")
+                    notes[target] = page.input_value("#note")
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(ARTIFACTS / f"xss-{target.split('/')[1]}-{n}.png"))
+                texts[target] = inspect_page(page, target, problems)
+                texts[target] += "\n" + page.evaluate(
+                    "[...document.querySelectorAll('option, optgroup')].map((o) => o.textContent + ' ' + o.label).join('\\n')"
+                )
+        finally:
+            browser.close()
+    assert not problems, "\n".join(problems)
+    for target, text in texts.items():
+        if target.startswith("/cardiology/"):
+            wanted = ["ViewName", "StageName"]
+        else:
+            wanted = ["ImplantName", "Manufacturer", "ImplantSize", "kind"]
+            assert notes[target] == MODULE_PAYLOADS["note"], notes
+        missing = [k for k in wanted if MODULE_PAYLOADS[k] not in text]
+        assert not missing, f"{target}: not shown literally: {missing}\n{text}"
+    # the long-leg film shows its hostile calibration note as text
+    assert any(MODULE_PAYLOADS["CalibrationDescription"] in t for t in texts.values())

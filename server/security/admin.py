@@ -49,6 +49,8 @@ class SecurityHandler(BaseHandler):
             raise ProblemError(400, "the body is not JSON") from exc
         if not isinstance(document, dict):
             raise ProblemError(400, "the body is a JSON object")
+        if _holds_nul(document):
+            raise ProblemError(400, "text in the body may not contain NUL characters")
         return document
 
     async def record(self, event_type: str, detail: str, outcome: int = SUCCESS) -> None:
@@ -81,6 +83,17 @@ class SecurityHandler(BaseHandler):
             raise ProblemError(status, str(exc)) from exc
         await self.record(event_type, detail)
         return result
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a JSON document has NUL in any key or string (PostgreSQL stores no NUL in text)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _user_document(info: Any, groups: list[str]) -> dict[str, Any]:

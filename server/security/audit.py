@@ -130,6 +130,11 @@ def _joined(values: Sequence[str]) -> str:
     return "|" + "|".join(clean) + "|" if clean else ""
 
 
+def _storable(text: str) -> str:
+    """Hostile text is recorded, not refused: NUL (which PostgreSQL will not store) becomes U+FFFD."""
+    return text.replace("\x00", "\ufffd")
+
+
 def _split(values: str) -> list[str]:
     return [v for v in values.split("|") if v]
 
@@ -207,16 +212,16 @@ class AuditTrail:
                 "event_type": record.event_type,
                 "action": record.action,
                 "outcome": int(record.outcome),
-                "outcome_detail": record.outcome_detail[:256],
-                "username": record.username[:64],
+                "outcome_detail": _storable(record.outcome_detail)[:256],
+                "username": _storable(record.username)[:64],
                 "role": record.role[:16],
                 "auth_method": record.auth_method[:16],
-                "ae_title": record.ae_title[:16],
+                "ae_title": _storable(record.ae_title)[:16],
                 "client_address": record.client_address[:64],
                 "http_method": record.http_method[:8],
-                "resource": record.resource[:4000],
-                "study_uids": _joined(record.study_uids),
-                "patient_ids": _joined(record.patient_ids),
+                "resource": _storable(record.resource)[:4000],
+                "study_uids": _storable(_joined(record.study_uids)),
+                "patient_ids": _storable(_joined(record.patient_ids)),
                 "objects": json.dumps(record.objects, sort_keys=True) if record.objects else "",
                 "prev_hash": prev_hash,
             }

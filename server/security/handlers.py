@@ -71,6 +71,8 @@ class SessionHandler(BaseHandler):
             raise ProblemError(400, 'send JSON {"username": ..., "password": ...}') from exc
         if not username or len(username) > 64 or not password or len(password) > 1024:
             raise ProblemError(400, "user name and password are required")
+        if "\x00" in username:  # no account has one, and PostgreSQL cannot even look it up
+            raise ProblemError(400, "a user name may not contain NUL characters")
         service = security_of(self.ctx)
         result = await self.run_blocking(
             lambda: service.accounts.login(

@@ -1,7 +1,10 @@
 // Two slides side by side (e.g. H&E beside IHC), panned and zoomed together in physical units.
 // The right slide may carry an offset (µm) and a rotation (degrees) relative to the left one;
 // unlock, move one slide into register, lock again, and save the alignment for the pair.
+// Each side has the single viewer's colour toggle and read-only DICOM annotations layer.
 import "/static/js/session.js"; // credentials, XSRF token, login on 401 (see static/js/session.js)
+import { colorDzi, effectiveColor, replaceInPlace, showColorMode } from './color.js';
+import { DicomLayer } from './dicom-layer.js';
 import { formatLength, niceScale } from './measure.js';
 
 const OSD = window.OpenSeadragon;
@@ -151,7 +154,15 @@ function makePane(series, element, suffix) {
     maxZoomPixelRatio: 4,
     gestureSettingsMouse: { clickToZoom: false },
   });
-  const pane = { series, viewer, mpp: 1, ready: false, tiles: 0 };
+  const pane = { series, viewer, mpp: 1, ready: false, tiles: 0, color: 'stored' };
+  pane.dicom = new DicomLayer({
+    svg: $(`dicom-overlay-${suffix}`),
+    list: $(`dicom-sources-${suffix}`),
+    note: $(`dicom-state-${suffix}`),
+    viewer,
+    toScreen: (p) => viewer.viewport.imageToViewerElementCoordinates(new OSD.Point(p.x, p.y)),
+    fetchJson,
+  });
   viewer.addHandler('canvas-key', (event) => {
     event.preventDefaultAction = true;
   });
@@ -163,9 +174,11 @@ function makePane(series, element, suffix) {
   viewer.addHandler('viewport-change', () => {
     if (!pane.ready) return;
     updateScale(pane, suffix);
+    pane.dicom.draw();
     follow(pane);
     publish();
   });
+  viewer.addHandler('resize', () => pane.dicom.draw());
   viewer.addHandler('tile-drawn', () => {
     pane.tiles += 1;
     document.body.dataset[`tiles${suffix}`] = String(pane.tiles);
@@ -173,6 +186,7 @@ function makePane(series, element, suffix) {
   viewer.addHandler('open', () => {
     pane.ready = true;
     updateScale(pane, suffix);
+    pane.dicom.draw();
     if (suffix === 'b') follow(state.panes[0]);
     publish();
   });
@@ -186,7 +200,18 @@ async function open(pane, suffix) {
   $(`name-${suffix}`).textContent = info.container_identifier
     ? `${info.container_identifier} · ${info.series_description}`
     : info.series_description;
-  pane.viewer.open(info.dzi.url);
+  document.body.dataset[`color${suffix}`] = showColorMode($(`color-mode-${suffix}`), info, pane.color);
+  pane.viewer.open(colorDzi(info.dzi.url, info, pane.color));
+  pane.dicom.load(info.dicom_annotations).then((shapes) => {
+    if (shapes !== null) document.body.dataset[`dicomShapes${suffix}`] = String(shapes);
+  });
+}
+
+/** One side as stored or colour-managed; the tile variant is replaced in place, the view stays. */
+function chooseColor(pane, suffix, color) {
+  pane.color = color;
+  document.body.dataset[`color${suffix}`] = effectiveColor(pane.info, color);
+  replaceInPlace(pane.viewer, colorDzi(pane.info.dzi.url, pane.info, color));
 }
 
 async function main() {
@@ -225,6 +250,11 @@ async function main() {
     follow(state.panes[0]);
   });
   $('save').addEventListener('click', save);
+  state.panes.forEach((pane, index) => {
+    const suffix = index ? 'b' : 'a';
+    $(`color-mode-${suffix}`).addEventListener('change', (event) => chooseColor(pane, suffix, event.target.value));
+    $(`dicom-layer-${suffix}`).addEventListener('change', (event) => pane.dicom.setShown(event.target.checked));
+  });
   document.addEventListener('keydown', (event) => {
     if (event.key === ' ') setLocked(!state.locked);
     else if (event.key === '[') turn(-5);

@@ -1,6 +1,8 @@
 // Whole-slide viewer: OpenSeadragon over Tessera's DZI routes, calibrated in µm.
 // Every string that comes from DICOM is inserted with textContent.
 import "/static/js/session.js"; // credentials, XSRF token, login on 401 (see static/js/session.js)
+import { colorDzi, effectiveColor, replaceInPlace, showColorMode } from './color.js';
+import { DicomLayer, svgElement } from './dicom-layer.js';
 import { areaSquareMicrometres, formatArea, formatLength, lengthMicrometres, niceScale } from './measure.js';
 
 const OSD = window.OpenSeadragon;
@@ -17,11 +19,10 @@ const state = {
   features: [],
   tilesDrawn: 0,
   view: null, // { optical_path, focal_plane, dzi }: what the viewer shows of the slide
-  dicom: { features: [], sources: [], hidden: new Set(), shown: true }, // read-only layer from the archive
+  dicom: null, // DicomLayer: the read-only layer of the archive's DICOM annotations
   color: 'stored', // 'srgb': tiles converted from the slide's ICC profile (a separate tile variant)
 };
 const PRESETS = [2.5, 5, 10, 20, 40];
-const SVG = 'http://www.w3.org/2000/svg';
 const $ = (id) => document.getElementById(id);
 
 function status(text, isError = false) {
@@ -186,12 +187,6 @@ function listFeatures() {
       return item;
     }),
   );
-}
-
-function svgElement(name, attributes) {
-  const element = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
-  return element;
 }
 
 function drawOverlay() {
@@ -380,125 +375,13 @@ async function importFile(file) {
   }
 }
 
-// -- DICOM annotations: read-only layer of the archive's ANN objects and measurement reports ---------
-
-const SOURCE_COLORS = ['#5fb3ff', '#ff7ad9', '#7dff9a', '#ffa24d', '#c59bff', '#4de1ff'];
-const KIND_LABELS = { annotations: 'Bulk annotations', 'measurement-report': 'Measurement report' };
-
-function sourceColor(index) {
-  return SOURCE_COLORS[index % SOURCE_COLORS.length];
-}
-
-function formatDicomDate(date) {
-  return date && date.length === 8 ? `${date.slice(0, 4)}-${date.slice(4, 6)}-${date.slice(6)}` : date || '';
-}
-
-function formatMeasurement(m) {
-  if (m.unit === 'um') return formatLength(m.value);
-  if (m.unit === 'mm2') return formatArea(m.value * 1e6);
-  return `${m.value} ${m.unit}`;
-}
-
-/** GeoJSON geometry → lists of level-0 points, each drawn as one shape. */
-function dicomShapes(geometry) {
-  const toPoint = ([x, y]) => ({ x, y });
-  if (geometry.type === 'Point') return [{ kind: 'point', points: [toPoint(geometry.coordinates)] }];
-  if (geometry.type === 'MultiPoint') return geometry.coordinates.map((c) => ({ kind: 'point', points: [toPoint(c)] }));
-  if (geometry.type === 'LineString') return [{ kind: 'line', points: geometry.coordinates.map(toPoint) }];
-  if (geometry.type === 'Polygon') return [{ kind: 'polygon', points: geometry.coordinates[0].slice(0, -1).map(toPoint) }];
-  return [];
-}
-
-function listDicomSources() {
-  const layer = state.dicom;
-  $('dicom-sources').replaceChildren(
-    ...layer.sources.map((source, index) => {
-      const item = document.createElement('li');
-      const label = document.createElement('label');
-      const box = document.createElement('input');
-      box.type = 'checkbox';
-      box.checked = !layer.hidden.has(index);
-      box.addEventListener('change', () => {
-        if (box.checked) layer.hidden.delete(index);
-        else layer.hidden.add(index);
-        drawDicomOverlay();
-      });
-      const swatch = document.createElement('span');
-      swatch.className = 'swatch';
-      swatch.style.backgroundColor = sourceColor(index);
-      const text = document.createElement('span');
-      const title = source.series_description || source.content_label || KIND_LABELS[source.kind] || source.kind;
-      const details = [KIND_LABELS[source.kind], source.manufacturer, formatDicomDate(source.content_date), `${source.features} shape(s)`];
-      text.textContent = `${title} — ${details.filter(Boolean).join(' · ')}`;
-      label.append(box, swatch, text);
-      item.append(label);
-      if (source.error) {
-        const error = document.createElement('span');
-        error.className = 'error';
-        error.textContent = `Not shown: ${source.error}`;
-        item.append(error);
-      }
-      return item;
-    }),
-  );
-}
-
 async function loadDicomAnnotations() {
-  const series = state.series;
-  try {
-    const collection = await fetchJson(state.info.dicom_annotations);
-    if (series !== state.series) return;
-    state.dicom.features = collection.features;
-    state.dicom.sources = collection.sources;
-    state.dicom.hidden = new Set();
-    $('dicom-state').textContent = collection.sources.length ? '' : 'None in the archive for this slide';
-  } catch (error) {
-    state.dicom.features = [];
-    state.dicom.sources = [];
-    $('dicom-state').textContent = `DICOM annotations: ${error.message}`;
-  }
-  document.body.dataset.dicomShapes = String(state.dicom.features.length);
-  listDicomSources();
-  drawDicomOverlay();
+  const shapes = await state.dicom.load(state.info.dicom_annotations);
+  if (shapes !== null) document.body.dataset.dicomShapes = String(shapes);
 }
 
 function drawDicomOverlay() {
-  const svg = $('dicom-overlay');
-  const layer = state.dicom;
-  if (!state.viewer || !state.viewer.world.getItemCount() || !layer.shown) {
-    svg.replaceChildren();
-    return;
-  }
-  const shapes = [];
-  for (const feature of layer.features) {
-    const { source, label, measurements } = feature.properties;
-    if (layer.hidden.has(source)) continue;
-    const color = sourceColor(source);
-    for (const shape of dicomShapes(feature.geometry)) {
-      const screen = shape.points.map(screenPoint);
-      if (shape.kind === 'point') {
-        shapes.push(svgElement('circle', { cx: screen[0].x, cy: screen[0].y, r: 5, fill: 'none', stroke: color, 'stroke-width': 2 }));
-      } else {
-        const closed = shape.kind === 'polygon';
-        shapes.push(
-          svgElement(closed ? 'polygon' : 'polyline', {
-            points: screen.map((p) => `${p.x.toFixed(1)},${p.y.toFixed(1)}`).join(' '),
-            class: closed ? 'dicom' : 'dicom-open',
-            stroke: color,
-            fill: color,
-          }),
-        );
-      }
-      const text = [label, ...(measurements || []).map(formatMeasurement)].filter(Boolean).join(' · ');
-      if (text) {
-        const last = screen[screen.length - 1];
-        const node = svgElement('text', { x: last.x + 8, y: last.y + 16, class: 'measure-label' });
-        node.textContent = text;
-        shapes.push(node);
-      }
-    }
-  }
-  svg.replaceChildren(...shapes);
+  state.dicom?.draw();
 }
 
 // -- slides and case panel ---------------------------------------------------------------------------
@@ -570,10 +453,8 @@ async function openSlide(series) {
   state.series = series;
   state.features = [];
   state.draft = [];
-  state.dicom.features = [];
-  state.dicom.sources = [];
   listFeatures();
-  listDicomSources();
+  state.dicom.clear();
   for (const item of $('slides').children) item.classList.toggle('current', item.dataset.series === series);
   status('Opening slide…');
   try {
@@ -583,7 +464,7 @@ async function openSlide(series) {
     return;
   }
   showInfo(state.info);
-  showColorMode(state.info);
+  document.body.dataset.color = showColorMode($('color-mode'), state.info, state.color);
   loadFeatures();
   loadDicomAnnotations();
   const url = new URL(window.location.href);
@@ -602,27 +483,9 @@ function viewsOf(path) {
   return (state.info?.views || []).filter((view) => view.optical_path === path);
 }
 
-/** The view's DZI in the chosen colour: as stored, or colour-managed when the slide has an ICC profile. */
-function dziUrl(view) {
-  if (state.color !== 'srgb' || !state.info?.icc_profile) return view.dzi;
-  const url = new URL(view.dzi, window.location.href);
-  url.searchParams.set('color', 'srgb'); // OpenSeadragon carries the query onto every tile URL
-  return `${url.pathname}${url.search}`;
-}
-
-function showColorMode(info) {
-  const select = $('color-mode');
-  select.hidden = !info.icc_profile;
-  select.title = info.icc_profile
-    ? `ICC profile: ${info.icc_profile_description || 'unnamed'}. As stored: the scanner's pixels untouched; managed: converted to sRGB for this screen`
-    : '';
-  select.value = state.color;
-  document.body.dataset.color = info.icc_profile ? state.color : 'stored';
-}
-
 function chooseColor(color) {
   state.color = color;
-  document.body.dataset.color = state.info?.icc_profile ? color : 'stored';
+  document.body.dataset.color = effectiveColor(state.info, color);
   if (state.view) showView(state.view);
 }
 
@@ -636,17 +499,9 @@ function showView(view) {
   $('focal-plane-group').hidden = planes < 2;
   $('optical-path').value = view.optical_path;
   if (state.viewer.world.getItemCount() > 0) {
-    // a lone replaced image sends OpenSeadragon home: put the viewport back where it was
-    const viewport = state.viewer.viewport;
-    const bounds = viewport.getBounds(true);
-    state.viewer.addTiledImage({
-      tileSource: dziUrl(view),
-      index: 0,
-      replace: true,
-      success: () => viewport.fitBounds(bounds, true),
-    });
+    replaceInPlace(state.viewer, colorDzi(view.dzi, state.info, state.color));
   } else {
-    state.viewer.open(dziUrl(view));
+    state.viewer.open(colorDzi(view.dzi, state.info, state.color));
   }
 }
 
@@ -764,6 +619,14 @@ function main() {
     gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false },
   });
   state.viewer = viewer;
+  state.dicom = new DicomLayer({
+    svg: $('dicom-overlay'),
+    list: $('dicom-sources'),
+    note: $('dicom-state'),
+    viewer,
+    toScreen: screenPoint,
+    fetchJson,
+  });
   window.tesseraPathology = state; // for tests and the console
   viewer.addHandler('open', () => {
     status('');
@@ -822,10 +685,7 @@ function main() {
   }
   $('clear').addEventListener('click', clearFeatures);
   $('archive').addEventListener('click', () => saveFeatures(toGeoJson(), true));
-  $('dicom-layer').addEventListener('change', (event) => {
-    state.dicom.shown = event.target.checked;
-    drawDicomOverlay();
-  });
+  $('dicom-layer').addEventListener('change', (event) => state.dicom.setShown(event.target.checked));
   $('import').addEventListener('change', (event) => {
     const [file] = event.target.files;
     if (file) importFile(file);
