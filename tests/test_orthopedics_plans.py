@@ -43,6 +43,10 @@ def library() -> TemplateLibrary:
         ({"measurements": [{"kind": "length", "points": [[0, 0], [1, 1]], "side": "X"}]}, "side"),
         ({"measurements": [{"id": "a b", "kind": "length", "points": []}]}, "item id"),
         (
+            {"measurements": [{"kind": "volume", "points": [[0, 0]]}]},
+            "measurement 1: unknown measurement 'volume'",
+        ),
+        (
             {"templates": [{"template_id": "generic-cup-hemispherical", "size": "51", "x": 0, "y": 0}]},
             "no size",
         ),

@@ -31,6 +31,7 @@ from typing import Any
 
 from modules.orthopedics.measurements import (
     LLD_REFERENCES,
+    MEASUREMENTS,
     MeasurementError,
     Plane,
     Quantity,
@@ -123,13 +124,16 @@ def parse_plan(document: Any, library: TemplateLibrary) -> Plan:
         if not isinstance(raw, dict):
             raise PlanError(f"measurement {index + 1} is not an object")
         try:
+            kind = str(raw.get("kind", ""))
+            if kind not in MEASUREMENTS:  # never computable, whatever the calibration
+                raise MeasurementError(f"unknown measurement {kind[:40]!r}; known: {', '.join(MEASUREMENTS)}")
             side = raw.get("side")
             if side not in (None, "", "R", "L"):
                 raise MeasurementError("side must be 'R', 'L' or absent")
             measurements.append(
                 PlannedMeasurement(
                     _item_id(raw),
-                    str(raw.get("kind", "")),
+                    kind,
                     tuple(parse_points(raw.get("points"))),
                     side or None,
                     str(raw.get("label", ""))[:200],
