@@ -338,3 +338,21 @@ def test_ef_traced_in_the_viewer(
     page.screenshot(path=str(ARTIFACTS / "cardiology_ef_traced.png"))
     assert page.errors == []
     page.close()
+
+
+def test_the_preloaded_index_and_frame_1_are_asked_for_once(
+    browser: Any, server: BackgroundServer, files: dict[str, list[Path]]
+) -> None:
+    """The page's Link preloads are what boot.js / viewer.js use: each of the study index and
+    frame 1 is one request, whichever script runs first, and frame 1 reaches the canvas."""
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url.split("/cardiology/", 1)[-1]))
+    page.goto(_viewer_url(server, files["echo"][0]))
+    page.wait_for_function("() => window.cardiology && window.cardiology.state().firstFrameMs !== null")
+    index = [url for url in asked if "/loops?series=" in url]
+    frame1 = [url for url in asked if url.endswith("/first-frame.jpg")]
+    assert len(index) == 1 and len(frame1) == 1, asked
+    marks = page.evaluate("performance.getEntriesByType('mark').map((m) => m.name)")
+    assert "cardiology:frame1-drawn" in marks and "cardiology:modules" in marks
+    page.close()

@@ -318,3 +318,29 @@ def test_viewer_url_and_static_pages(server: BackgroundServer, cases: dict[str, 
         response = requests.get(f"{server.url}/cardiology/static/{page}", timeout=10)
         assert response.status_code == 200, page
         assert "script-src 'self'" in response.headers.get("Content-Security-Policy", "")
+
+
+def test_viewer_page_asks_the_browser_to_preload_what_frame_1_needs(
+    server: BackgroundServer, cases: dict[str, Path]
+) -> None:
+    """The page's Link headers name the study index and frame 1 exactly as boot.js asks for them
+    (so the browser's preloads are the ones used), and carry nothing that is not a UID."""
+    study, series = _uid(cases["a4c"], "StudyInstanceUID"), _uid(cases["a4c"], "SeriesInstanceUID")
+    page = requests.get(f"{server.url}{module.viewer_url(study, series)}", timeout=10)
+    assert page.status_code == 200 and "boot.js" in page.text
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    links = page.headers["Link"]
+    index = f"/cardiology/studies/{study}/loops?series={series}"
+    frame1 = f"/cardiology/studies/{study}/series/{series}/first-frame.jpg"
+    assert f"<{index}>; rel=preload; as=fetch; crossorigin" in links
+    assert f"<{frame1}>; rel=preload; as=image" in links
+    assert requests.get(f"{server.url}{index}", timeout=10).json()["first"]["series_instance_uid"] == series
+    assert requests.get(f"{server.url}{frame1}", timeout=10).content[:2] == b"\xff\xd8"
+    for query in ("study=1.2%3E%3Bx&series=1.3", "study=1.2&series=%3Cscript%3E", "series=1.3", ""):
+        other = requests.get(f"{server.url}/cardiology/static/viewer.html?{query}", timeout=10)
+        assert other.status_code == 200 and "Link" not in other.headers, query
+    no_series = requests.get(f"{server.url}/cardiology/static/viewer.html?study={study}", timeout=10)
+    assert (
+        no_series.headers["Link"]
+        == f"</cardiology/studies/{study}/loops?series=>; rel=preload; as=fetch; crossorigin"
+    )

@@ -7,6 +7,7 @@ import io
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -79,6 +80,63 @@ def test_mp4_has_the_dicom_frames_and_timing(
     duration = container.streams.video[0].duration * container.streams.video[0].time_base * 1000
     container.close()
     assert float(duration) == pytest.approx(timing.duration_ms, abs=0.05)  # the last frame keeps its time
+
+
+def _rejpeg(ds: FileDataset, frames: np.ndarray) -> FileDataset:
+    """`ds` with its frames replaced by `frames`, stored as baseline JPEG (one per fragment)."""
+    out = copy.deepcopy(ds)
+    encoded = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, "JPEG", quality=95)
+        data = buffer.getvalue()
+        encoded.append(data + (b"\0" if len(data) % 2 else b""))
+    out.PixelData = encapsulate(encoded, has_bot=True)
+    out.NumberOfFrames = len(frames)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("options", "window", "made_by_ffmpeg"),
+    [({}, False, True), ({"colour": True}, False, True), ({}, True, False)],
+    ids=["grey-narrow-range", "colour", "grey-windowed"],
+)
+def test_jpeg_loops_go_to_ffmpeg_as_stored_and_look_like_the_display_frames(
+    library: LoopLibrary,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, object],
+    window: bool,
+    made_by_ffmpeg: bool,
+) -> None:
+    """Baseline JPEG loops are decoded by FFmpeg in the media worker, except grey frames that a
+    window or LUT changes for display; either way the MP4 matches ``display_frame`` (here grey
+    frames in 40..200, which the display stretches to 0..255 frame by frame)."""
+    from modules.cardiology import loops as loops_module
+
+    ds = echo_loop("A4C", n_frames=6, rows=120, columns=160, **options)  # type: ignore[arg-type]
+    if not options:
+        ds = _rejpeg(ds, (40 + ds.pixel_array.astype(np.uint16) * 160 // 255).astype(np.uint8))
+    if window:
+        ds.WindowCenter, ds.WindowWidth = 100, 120
+    calls: list[int] = []
+    confined = loops_module.confined_jpeg_to_mp4
+
+    def counted(jpegs: list[bytes], *rest: Any) -> Any:
+        calls.append(len(jpegs))
+        return confined(jpegs, *rest)
+
+    monkeypatch.setattr(loops_module, "confined_jpeg_to_mp4", counted)
+    sop = _store(library, ds, tmp_path)
+    instance, header = library.loop(sop)
+    _times, frames, _tags = read_mp4_frames(library.make_video(sop).read_bytes())
+    assert calls == ([6] if made_by_ffmpeg else [])
+    assert len(frames) == 6
+    for index, decoded in enumerate(frames):
+        reference = library.display_frame(instance, header, index)
+        if reference.ndim == 2:
+            reference = np.repeat(reference[..., None], 3, axis=2)
+        assert _psnr(reference, decoded) >= 35.0, f"frame {index + 1}"
 
 
 def _with_broken_frame(ds: FileDataset, frame: int) -> FileDataset:

@@ -17,6 +17,7 @@ from modules.cardiology.video import VideoError
 from server.context import ServerContext
 from server.imaging.frames import FrameDecodeError
 from server.security.policy import Permission
+from server.web.app import FrontendFile
 from server.web.base import BaseHandler, ProblemError
 
 CHUNK = 256 * 1024
@@ -61,6 +62,32 @@ class StudyIndexHandler(CardiologyHandler):
     async def get(self, study: str) -> None:
         series = self.get_query_argument("series", "")
         self.write_json(await self.call(self.library.study_index, study, series))
+
+
+UID = re.compile(r"[0-9][0-9.]{0,63}")
+
+
+class ViewerPageHandler(FrontendFile):
+    """viewer.html as the static file it is, plus Link preload headers for what frame 1 needs
+    (the study index and frame 1 of the series, as boot.js asks for them): the browser starts
+    both as the page's response arrives, not a round trip later when boot.js has loaded."""
+
+    def initialize(self, ctx: ServerContext, path: str) -> None:  # type: ignore[override]
+        super().initialize(path)
+
+    def set_extra_headers(self, path: str) -> None:
+        study = self.get_query_argument("study", "")
+        series = self.get_query_argument("series", "")
+        if not UID.fullmatch(study) or (series and not UID.fullmatch(series)):
+            return  # the page shows the problem; nothing to ask for early
+        self.add_header(
+            "Link", f"</cardiology/studies/{study}/loops?series={series}>; rel=preload; as=fetch; crossorigin"
+        )
+        if series:
+            self.add_header(
+                "Link",
+                f"</cardiology/studies/{study}/series/{series}/first-frame.jpg>; rel=preload; as=image",
+            )
 
 
 class FirstFrameHandler(CardiologyHandler):

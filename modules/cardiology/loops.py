@@ -43,6 +43,7 @@ from modules.cardiology.groups import (
 from modules.cardiology.video import (
     VideoError,
     VideoStats,
+    confined_jpeg_to_mp4,
     confined_stream_to_mp4,
     encode_mp4,
     read_ahead,
@@ -50,6 +51,7 @@ from modules.cardiology.video import (
 from server.archive.archive import Archive, StoredInstance
 from server.archive.models import Series, Study
 from server.archive.pixeldata import H264_SYNTAXES, HEVC_SYNTAXES, VIDEO_SYNTAXES
+from server.imaging.codecs import CodestreamMismatch, FrameGeometry, check_codestream
 from server.imaging.frames import FrameDecodeError, HeaderCache, decode_frame, read_frame_bytes
 from server.imaging.rendering import encode_image, to_display
 
@@ -580,6 +582,12 @@ class LoopLibrary:
                     if syntax in H264_SYNTAXES:
                         container = "h264"
                     stats = confined_stream_to_mp4(stream, container, timing, temp)
+                elif frames is None and (stretch_grey := self._jpeg_video_path(instance, header)) is not None:
+                    jpegs = [
+                        self._checked_jpeg(instance, header, n) for n in range(instance.number_of_frames)
+                    ]
+                    size = (int(header.Columns), int(header.Rows))
+                    stats = confined_jpeg_to_mp4(jpegs, size, stretch_grey, timing, temp)
                 else:
                     stats = encode_mp4(
                         read_ahead(frames or self.iter_display_frames(instance, header)), timing, out
@@ -588,6 +596,42 @@ class LoopLibrary:
             return stats
         finally:
             Path(temp).unlink(missing_ok=True)
+
+    @staticmethod
+    def _jpeg_video_path(instance: StoredInstance, header: Dataset) -> bool | None:
+        """Whether the MP4 can be made from the stored baseline JPEG frames by FFmpeg's decoder
+        (``confined_jpeg_to_mp4``) and show what ``display_frame`` shows: None if not, else
+        whether grey frames take ``to_display``'s per-frame min..max stretch. Colour 8-bit is
+        shown as decoded; grey with a modality LUT, VOI LUT or window takes the general path."""
+        if instance.transfer_syntax_uid not in JPEG_PASSTHROUGH_SYNTAXES or instance.frame_index is None:
+            return None
+        if int(header.get("BitsAllocated", 0)) != 8 or int(header.get("BitsStored", 8)) != 8:
+            return None
+        photometric = str(header.get("PhotometricInterpretation", "")).upper()
+        samples = int(header.get("SamplesPerPixel", 1))
+        if photometric in ("YBR_FULL_422", "YBR_FULL") and samples == 3:
+            return False
+        if photometric != "MONOCHROME2" or samples != 1:
+            return None
+        if any(k in header for k in ("ModalityLUTSequence", "VOILUTSequence", "WindowCenter", "WindowWidth")):
+            return None
+        slope = float(header.get("RescaleSlope", 1) or 1)
+        intercept = float(header.get("RescaleIntercept", 0) or 0)
+        return True if (slope, intercept) == (1.0, 0.0) else None
+
+    @staticmethod
+    def _checked_jpeg(instance: StoredInstance, header: Dataset, frame: int) -> bytes:
+        """A stored frame for FFmpeg's JPEG decoder, checked here first as ``decode_frame`` does
+        (markers, and a SOF that agrees with the data set), so a bad frame is named."""
+        data = check_jpeg_codestream(read_frame_bytes(instance, frame), frame)
+        geometry = FrameGeometry(
+            int(header.Rows), int(header.Columns), int(header.get("SamplesPerPixel", 1)), 8
+        )
+        try:
+            check_codestream(str(instance.transfer_syntax_uid), data, geometry)
+        except CodestreamMismatch as exc:
+            raise FrameDecodeError(f"frame {frame + 1} is refused: {exc}") from exc
+        return data
 
     @staticmethod
     def _encapsulated_stream(instance: StoredInstance) -> bytes:

@@ -6,7 +6,8 @@ comes from, per frame where the data set defines it), so what is saved, exported
 and written into a DICOM SR is one computation, not the browser's word. Each measurement
 records the SOP instance (and, for a multi-frame image, the frame) it was made on: for a
 loop of grouped single-frame images that is the image of that frame, which the SR cites. Saved documents
-live in ``data_dir/cardiology/measurements`` (user data, not a rebuildable product).
+are module documents in the index database (user data, not a rebuildable product, shared by every
+server process: see ``server.archive.documents``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ import datetime
 import io
 import json
 import math
-import os
 import re
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from modules.cardiology.cine import caliper_distance, point_value, polygon_area,
 from modules.cardiology.loops import LoopError, LoopFrames, LoopLibrary
 from modules.cardiology.lv_volume import ContourError, lv_volumes, volume_monoplane_ml
 from modules.cardiology.video import encode_mp4
+from server.archive.documents import DocumentStore
 
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 KINDS = ("distance", "area", "lv", "velocity")
@@ -86,23 +85,32 @@ def _points(raw: Any, where: str) -> list[tuple[float, float]]:
 
 
 class MeasurementBook:
-    """One JSON document of measurements per study, written atomically."""
+    """One document of measurements per study (keyed by its Study Instance UID)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+    def __init__(self, documents: DocumentStore) -> None:
+        self.shelf = documents.shelf("cardiology", "measurements")
 
-    def _path(self, study: str) -> Path:
+    @staticmethod
+    def _key(study: str) -> str:
         if not UID_PATTERN.match(study) or len(study) > 64:
             raise MeasurementError(f"{study!r} is not a Study Instance UID")
-        return self.folder / f"{study}.json"
+        return study
+
+    def import_files(self, folder: Path) -> int:
+        """Earlier versions kept ``{study}.json`` files in ``data_dir/cardiology/measurements``: bring them in."""
+        files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        return self.shelf.import_files(
+            files,
+            lambda path: path.stem if UID_PATTERN.match(path.stem) and len(path.stem) <= 64 else None,
+            lambda path: json.loads(path.read_text(encoding="utf-8")),
+        )
 
     def load(self, study: str) -> dict[str, Any]:
-        path = self._path(study)
-        if not path.exists():
+        document = self.shelf.get(self._key(study))
+        if document is None:
             return {"study_instance_uid": study, "measurements": [], "lv": None, "lv_note": "no contours"}
-        return json.loads(path.read_text(encoding="utf-8"))
+        body: dict[str, Any] = document.body
+        return body
 
     def compute(self, library: LoopLibrary, study: str, body: dict[str, Any]) -> dict[str, Any]:
         """Validate the geometry and compute every value; the LV result from the contours."""
@@ -191,17 +199,13 @@ class MeasurementBook:
                 note = str(exc)
         return {"study_instance_uid": study, "measurements": out, "lv": lv, "lv_note": note}
 
-    def save(self, library: LoopLibrary, study: str, body: dict[str, Any]) -> dict[str, Any]:
-        path = self._path(study)
+    def save(
+        self, library: LoopLibrary, study: str, body: dict[str, Any], *, by: str | None = None
+    ) -> dict[str, Any]:
+        key = self._key(study)
         document = self.compute(library, study, body)
         document["saved_at"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        with self._lock:
-            fd, temp = tempfile.mkstemp(dir=self.folder, suffix=".part")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(document, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, path)
+        self.shelf.put(key, document, by=by)
         return document
 
     # -- DICOM SR --------------------------------------------------------------------------------

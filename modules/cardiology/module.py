@@ -18,6 +18,7 @@ from modules.cardiology.handlers import (
     MeasurementsSRHandler,
     StudyIndexHandler,
     VideoHandler,
+    ViewerPageHandler,
     WaveformHandler,
 )
 from modules.cardiology.loops import (
@@ -67,7 +68,9 @@ class CardiologyModule:
 
     def setup(self, ctx: ServerContext) -> None:
         self.library = LoopLibrary(ctx.archive, ctx.headers, ctx.settings.derived_dir)
-        self.book = MeasurementBook(ctx.settings.data_dir / "cardiology" / "measurements")
+        self.book = MeasurementBook(ctx.documents)
+        # Earlier versions kept the documents as files in the data folder: imported once.
+        self.book.import_files(ctx.settings.data_dir / "cardiology" / "measurements")
         ctx.extras["cardiology.measurements"] = self.book
         # off for tests and bulk imports that do not want the CPU spent now; videos are then made on request
         self.video_on_ingest = bool(ctx.settings.extra.get("cardiology_video_on_ingest", True))
@@ -89,6 +92,7 @@ class CardiologyModule:
         # single-frame images (group/{SeriesInstanceUID}/{n}); the same routes serve both
         loop = r"((?:group/[0-9.]+/[0-9]+)|[0-9.]+)"
         return [
+            RouteSpec(r"static/(viewer\.html)", ViewerPageHandler, {"path": str(STATIC_DIR)}),
             RouteSpec(rf"loops/{loop}\.mp4", VideoHandler, kwargs),
             RouteSpec(rf"loops/{loop}/export\.mp4", ExportHandler, kwargs),
             RouteSpec(rf"loops/{loop}/frames/([0-9]+)\.jpg", FrameHandler, kwargs),

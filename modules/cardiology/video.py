@@ -39,6 +39,7 @@ MUXER_OPTIONS = {
     "frag_duration": "250000",  # µs
     "video_track_timescale": str(CLOCK_HZ),
 }
+STREAM_TIMEOUT = 300.0  # seconds: FFmpeg still busy on one stored loop after this is stuck
 
 
 class VideoError(ValueError):
@@ -67,19 +68,75 @@ def _even(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+# 8-bit full range ("JPEG") to limited range ("tv", BT.601): luma 0..255 → 16..235, chroma → 16..240.
+_LUMA_TV = ((np.arange(256, dtype=np.uint32) * 219 + 127) // 255 + 16).astype(np.uint8)
+_CHROMA_TV = ((np.arange(256, dtype=np.uint32) * 224 + 127) // 255 + 16).astype(np.uint8)
+
+
 def _to_yuv420p(array: np.ndarray) -> av.VideoFrame:
     """Display pixels to limited-range BT.601 Y'CbCr 4:2:0. Grey needs no matrix: Y' is a
-    rescale and chroma is neutral, done in numpy (15× faster than swscale's range path)."""
+    rescale and chroma is neutral, done by table in numpy (15× faster than swscale's range path)."""
     if array.ndim == 2:
         rows, cols = array.shape
         yuv = np.empty((rows * 3 // 2, cols), np.uint8)
-        yuv[:rows] = (array.astype(np.uint16) * 219 + 127) // 255 + 16
+        np.take(_LUMA_TV, array, out=yuv[:rows])
         yuv[rows:] = 128
         return av.VideoFrame.from_ndarray(yuv, format="yuv420p")
     source = av.VideoFrame.from_ndarray(array, format="rgb24")
     return source.reformat(
         format="yuv420p", src_color_range="JPEG", dst_colorspace="ITU601", dst_color_range="MPEG"
     )
+
+
+def _plane(frame: av.VideoFrame, index: int) -> np.ndarray:
+    """One plane of a decoded picture as an array view (no copy; rows padded to line_size)."""
+    plane = frame.planes[index]
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:, : plane.width]
+
+
+def _halve_rows(plane: np.ndarray) -> np.ndarray:
+    return ((plane[0::2].astype(np.uint16) + plane[1::2] + 1) >> 1).astype(np.uint8)
+
+
+def _halve_columns(plane: np.ndarray) -> np.ndarray:
+    return ((plane[:, 0::2].astype(np.uint16) + plane[:, 1::2] + 1) >> 1).astype(np.uint8)
+
+
+def _stretch(grey: np.ndarray) -> np.ndarray:
+    """What ``server.imaging.rendering.to_display`` does to 8-bit MONOCHROME2 without modality
+    LUT, VOI LUT or window: the frame's own minimum..maximum to 0..255 (identity for 0..255)."""
+    low, high = int(grey.min()), int(grey.max())
+    if (low, high) == (0, 255):
+        return grey
+    if high == low:
+        return np.zeros_like(grey)
+    out = (grey.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _jpeg_picture_to_yuv420p(picture: av.VideoFrame, stretch_grey: bool) -> av.VideoFrame:
+    """A picture from FFmpeg's JPEG decoder to limited-range 4:2:0, from its own planes.
+
+    A colour JPEG is already BT.601 Y'CbCr (full range): only the range changes and the chroma
+    is averaged down to 4:2:0, with no RGB round trip. Grey is the luma table. Anything else
+    (odd sizes, Adobe RGB/CMYK JPEGs) goes through RGB like decoded frames do."""
+    name = picture.format.name
+    if name == "gray":
+        grey = _plane(picture, 0)
+        return _to_yuv420p(_even(_stretch(grey) if stretch_grey else grey))
+    width, height = picture.width, picture.height
+    if name not in ("yuvj420p", "yuvj422p", "yuvj444p") or width % 2 or height % 2:
+        return _to_yuv420p(_even(picture.to_ndarray(format="rgb24")))
+    out = av.VideoFrame(width, height, "yuv420p")
+    np.take(_LUMA_TV, _plane(picture, 0), out=_plane(out, 0))
+    for index in (1, 2):
+        chroma = _plane(picture, index)
+        if name != "yuvj420p":
+            chroma = _halve_rows(chroma)
+        if name == "yuvj444p":
+            chroma = _halve_columns(chroma)
+        np.take(_CHROMA_TV, chroma, out=_plane(out, index))
+    return out
 
 
 def read_ahead(frames: Iterable[np.ndarray], depth: int = 8) -> Iterator[np.ndarray]:
@@ -121,6 +178,13 @@ def _ticks(ms: float) -> int:
     return round(ms * CLOCK_HZ / 1000.0)
 
 
+def _checked_pictures(frames: Iterable[np.ndarray]) -> Iterator[av.VideoFrame]:
+    for index, array in enumerate(frames):
+        if array.dtype != np.uint8:
+            raise VideoError(f"frame {index + 1} is {array.dtype}, not 8-bit display pixels")
+        yield _to_yuv420p(_even(array))
+
+
 def encode_mp4(
     frames: Iterable[np.ndarray],
     timing: FrameTiming,
@@ -131,6 +195,19 @@ def encode_mp4(
     threads: int = 2,
 ) -> VideoStats:
     """Encode 8-bit frames (H×W grey or H×W×3 RGB) as fragmented H.264 MP4 into `out`."""
+    return encode_pictures(_checked_pictures(frames), timing, out, crf=crf, preset=preset, threads=threads)
+
+
+def encode_pictures(
+    pictures: Iterable[av.VideoFrame],
+    timing: FrameTiming,
+    out: BinaryIO,
+    *,
+    crf: int = 18,
+    preset: str = "veryfast",
+    threads: int = 2,
+) -> VideoStats:
+    """Encode limited-range yuv420p pictures (even sizes) as fragmented H.264 MP4 into `out`."""
     started = time.perf_counter()
     count = len(timing.times_ms)
     container = av.open(out, mode="w", format="mp4", options=MUXER_OPTIONS)
@@ -138,15 +215,12 @@ def encode_mp4(
     durations: dict[int, int] = {}
     written = 0
     try:
-        for index, array in enumerate(frames):
+        for index, frame in enumerate(pictures):
             if index >= count:
                 raise VideoError(f"more frames than the timing describes ({count})")
-            if array.dtype != np.uint8:
-                raise VideoError(f"frame {index + 1} is {array.dtype}, not 8-bit display pixels")
-            array = _even(array)
             if stream is None:
                 stream = container.add_stream("libx264", rate=Fraction(round(timing.fps * 1000), 1000) or 30)
-                stream.width, stream.height = array.shape[1], array.shape[0]
+                stream.width, stream.height = frame.width, frame.height
                 stream.pix_fmt = "yuv420p"
                 stream.time_base = TIME_BASE
                 stream.codec_context.time_base = TIME_BASE
@@ -161,7 +235,10 @@ def encode_mp4(
                     "crf": str(crf),
                     "x264-params": f"keyint={keyint}:min-keyint={keyint}:scenecut=0:bframes=0",
                 }
-            frame = _to_yuv420p(array)
+            elif (frame.width, frame.height) != (stream.width, stream.height):
+                raise VideoError(
+                    f"frame {index + 1} is {frame.width}×{frame.height}, frame 1 {stream.width}×{stream.height}"
+                )
             frame.pts = _ticks(timing.times_ms[index])
             frame.time_base = TIME_BASE
             durations[frame.pts] = max(1, _ticks(timing.durations_ms[index]))
@@ -179,6 +256,48 @@ def encode_mp4(
     if written != count:
         raise VideoError(f"got {written} frames, the loop has {count}")
     return VideoStats(written, timing.duration_ms, time.perf_counter() - started)
+
+
+def decode_jpeg_pictures(
+    jpegs: Iterable[bytes], size: tuple[int, int], stretch_grey: bool
+) -> Iterator[av.VideoFrame]:
+    """Baseline JPEG frames through FFmpeg's own decoder, straight to yuv420p pictures (no RGB
+    and no pydicom on the way). Every frame must decode to one picture of `size` (width,
+    height); a frame that does not is named."""
+    decoder = av.CodecContext.create(
+        "mjpeg", "r"
+    )  # as tolerant as Pillow: markers and SOF are checked before
+    for index, data in enumerate(jpegs):
+        try:
+            pictures = decoder.decode(av.Packet(data))
+        except av.FFmpegError as exc:
+            raise VideoError(f"frame {index + 1} cannot be decoded: {exc}") from exc
+        if len(pictures) != 1 or (pictures[0].width, pictures[0].height) != size:
+            raise VideoError(f"frame {index + 1} does not decode to one {size[0]}×{size[1]} picture")
+        yield _jpeg_picture_to_yuv420p(pictures[0], stretch_grey)
+
+
+def jpeg_frames_to_mp4(
+    jpegs: list[bytes], size: tuple[int, int], stretch_grey: bool, timing: FrameTiming, path: str
+) -> VideoStats:
+    """Stored baseline JPEG frames into an MP4 file at ``path`` (runs in the media worker).
+    The decoder runs a frame ahead in a second thread while x264 encodes on its own two."""
+    with open(path, "wb") as out:
+        return encode_pictures(read_ahead(decode_jpeg_pictures(jpegs, size, stretch_grey)), timing, out)
+
+
+def confined_jpeg_to_mp4(
+    jpegs: list[bytes], size: tuple[int, int], stretch_grey: bool, timing: FrameTiming, path: str
+) -> VideoStats:
+    """FFmpeg decodes the stored (untrusted) JPEG frames in the media worker, as it does stored
+    video streams: a crash fails this loop's video, not the server. It also takes the work off
+    the server process, which decoding through pydicom would hold (and its GIL) for most of it."""
+    try:
+        return media_pool.run(
+            jpeg_frames_to_mp4, jpegs, size, stretch_grey, timing, path, timeout=STREAM_TIMEOUT
+        )
+    except NativeWorkerFailed as exc:
+        raise VideoError(f"the loop's JPEG frames cannot be processed: {exc}") from exc
 
 
 def remux_h264(elementary_stream: bytes, timing: FrameTiming, out: BinaryIO) -> VideoStats:
@@ -251,9 +370,6 @@ def decode_video_frames(data: bytes, container_format: str) -> Iterator[np.ndarr
         raise VideoError(f"the encapsulated video cannot be decoded as {container_format}: {exc}") from exc
     finally:
         source.close()
-
-
-STREAM_TIMEOUT = 300.0  # seconds: FFmpeg still busy on one stored loop after this is stuck
 
 
 def video_stream_to_mp4(stream: bytes, container_format: str, timing: FrameTiming, path: str) -> VideoStats:

@@ -21,6 +21,7 @@
   const study = params.get("study") || "";
   const series = params.get("series") || "";
   if (!study || window.__cardiologyBoot) return; // no study, or viewer.js already started without us
+  performance.mark("cardiology:boot");
   const options = { credentials: "same-origin" };
   const enc = encodeURIComponent;
   const loopPath = (id) => `/cardiology/loops/${id.split("/").map(enc).join("/")}`;

@@ -7,6 +7,7 @@ import { bindKeys } from "/static/js/keyboard.js";
 import { Clock, Loop, loopPath } from "./player.js";
 import { area, distance, formatValue, lvVolumes, regionsAt, toMillimetres, velocity } from "./measure.js";
 
+performance.mark("cardiology:modules"); // the module graph has loaded (bench_cardiology's breakdown)
 const params = new URLSearchParams(location.search);
 const study = params.get("study") || "";
 const focusSeries = params.get("series") || "";
@@ -17,6 +18,7 @@ const cells = [];
 const loops = new Map(); // sop -> Promise<Loop>
 let index = { loops: [], waveforms: [] };
 let layout = "1x1";
+let chosenLayout = null; // the user's pick, if made before start() had the index
 let tool = "none";
 let draft = null;
 let activeCell = null;
@@ -34,12 +36,25 @@ function status(text, isError = false) {
   node.classList.toggle("error", isError);
 }
 
+/** Frame 1 of the series' first loop through the image loader, as boot.js asks for it: the
+ * page's Link header preloaded it, so when boot.js came late it is still not a request away. */
+function firstFrameImage() {
+  const image = new Image();
+  image.decoding = "async";
+  image.src = `/cardiology/studies/${encodeURIComponent(study)}/series/${encodeURIComponent(focusSeries)}/first-frame.jpg`;
+  return image
+    .decode()
+    .then(() => image)
+    .catch(() => null);
+}
+
 /** What boot.js and the study index already hold for a loop (used once), or null. */
 function earlyOf(sop) {
   const early = { ...(boot ? boot.take(sop) : null) };
   if (index.first && index.first.sop_instance_uid === sop) {
     early.info = index.first;
     delete index.first;
+    if (!early.frame1 && focusSeries) early.frame1 = firstFrameImage();
   }
   return Object.keys(early).length ? early : null;
 }
@@ -241,7 +256,10 @@ function render(now) {
       cell.dirty = false;
       drawImage(cell);
       cell.root.dataset.frame = String(frame + 1);
-      if (testState.firstFrameMs === null) testState.firstFrameMs = performance.now(); // since navigation start
+      if (testState.firstFrameMs === null) {
+        testState.firstFrameMs = performance.now(); // since navigation start
+        performance.mark("cardiology:frame1-drawn");
+      }
     }
     const loaded = loop.loaded < loop.frames.length ? ` · loading ${loop.loaded}/${loop.frames.length}` : "";
     cell.counter.textContent = `${cell.shown + 1}/${loop.frames.length}${loaded}`;
@@ -600,13 +618,19 @@ async function start() {
   const stages = new Set(index.loops.filter((e) => e.stage_number).map((e) => e.stage_number));
   $("layout-stress").hidden = stages.size < 2;
   listLoops();
-  buildLayout(stages.size >= 2 ? "stress" : index.loops.length > 1 ? "2x2" : "1x1");
+  // a layout picked while the index was still on its way is kept, not replaced by the default
+  buildLayout(chosenLayout || (stages.size >= 2 ? "stress" : index.loops.length > 1 ? "2x2" : "1x1"));
   autoplay = true;
   requestAnimationFrame(render);
   await loadSaved();
 }
 
-for (const button of document.querySelectorAll("[data-layout]")) button.addEventListener("click", () => buildLayout(button.dataset.layout));
+for (const button of document.querySelectorAll("[data-layout]")) {
+  button.addEventListener("click", () => {
+    chosenLayout = button.dataset.layout;
+    buildLayout(chosenLayout);
+  });
+}
 for (const button of document.querySelectorAll("[data-tool]")) {
   button.addEventListener("click", () => {
     tool = button.dataset.tool;
