@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -252,19 +252,36 @@ def _condition(attribute: Attribute, value: str, fuzzy: bool) -> ColumnElement[b
     return or_(*(_text_condition(column, v) for v in values))
 
 
-def _base_select(level: QueryLevel) -> Any:
+# Per level: the primary key and the UIDs that make the answer's URLs (study, series, instance).
+_KEY: dict[QueryLevel, InstrumentedAttribute[Any]] = {
+    _P: Patient.id,
+    _ST: Study.id,
+    _SE: Series.id,
+    _IN: Instance.id,
+}
+_URL_UIDS: dict[QueryLevel, tuple[InstrumentedAttribute[Any], ...]] = {
+    _P: (),
+    _ST: (Study.study_instance_uid,),
+    _SE: (Study.study_instance_uid, Series.series_instance_uid),
+    _IN: (Study.study_instance_uid, Series.series_instance_uid, Instance.sop_instance_uid),
+}
+
+
+def _base_select(level: QueryLevel, columns: list[Any]) -> Any:
+    """``columns`` from the level's entity joined up to its patient (plain columns, no ORM entities)."""
+    query = select(*columns)
     if level is _P:
-        return select(Patient)
+        return query.select_from(Patient)
     if level is _ST:
-        return select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
+        return query.select_from(Study).join(Patient, Study.patient_pk == Patient.id)
     if level is _SE:
         return (
-            select(Series, Study, Patient)
+            query.select_from(Series)
             .join(Study, Series.study_pk == Study.id)
             .join(Patient, Study.patient_pk == Patient.id)
         )
     return (
-        select(Instance, Series, Study, Patient)
+        query.select_from(Instance)
         .join(Series, Instance.series_pk == Series.id)
         .join(Study, Series.study_pk == Study.id)
         .join(Patient, Study.patient_pk == Patient.id)
@@ -281,9 +298,11 @@ def _order(level: QueryLevel, query: Select[Any]) -> Select[Any]:
     return query.order_by(Instance.instance_number.asc().nulls_last(), Instance.id)
 
 
-def build_select(spec: QuerySpec) -> Select[Any]:
-    """SQL for a query; matching keys below the query level filter through EXISTS."""
-    query = _base_select(spec.level)
+def build_select(spec: QuerySpec, base: Select[Any] | None = None) -> Select[Any]:
+    """SQL for a query; matching keys below the query level filter through EXISTS.
+
+    ``base`` is the ordered select of what to return (default: the level's key)."""
+    query = base if base is not None else _order(spec.level, _base_select(spec.level, [_KEY[spec.level]]))
     conditions: list[ColumnElement[bool]] = []
     lower_series: list[ColumnElement[bool]] = []
     lower_instance: list[ColumnElement[bool]] = []
@@ -322,7 +341,7 @@ def build_select(spec: QuerySpec) -> Select[Any]:
             conditions.append(spec.scope)
     if conditions:
         query = query.where(and_(*conditions))
-    return _order(spec.level, query)
+    return query
 
 
 @functools.cache
@@ -330,17 +349,43 @@ def _vr(keyword: str) -> str:
     return str(dictionary_VR(keyword))
 
 
-def _element(keyword: str, value: Any) -> dict[str, Any]:
+@functools.cache
+def _converter(keyword: str) -> Callable[[Any], dict[str, Any]]:
+    """The DICOM JSON element of an index value, decided once per attribute rather than per value."""
     vr = _vr(keyword)
-    if value is None or value == "":
-        return {"vr": vr}
     if vr == "PN":
-        return {"vr": vr, "Value": [{"Alphabetic": str(value)}]}
+
+        def person_name(value: Any) -> dict[str, Any]:
+            if value is None or value == "":
+                return {"vr": "PN"}
+            return {"vr": "PN", "Value": [{"Alphabetic": str(value)}]}
+
+        return person_name
     if vr in ("IS", "US", "UL", "SL", "SS"):
-        return {"vr": vr, "Value": [int(value)]}
-    if vr == "CS" and isinstance(value, str) and "\\" in value:
-        return {"vr": vr, "Value": value.split("\\")}
-    return {"vr": vr, "Value": [value]}
+
+        def number(value: Any) -> dict[str, Any]:
+            if value is None or value == "":
+                return {"vr": vr}
+            return {"vr": vr, "Value": [int(value)]}
+
+        return number
+    if vr == "CS":
+
+        def code(value: Any) -> dict[str, Any]:
+            if value is None or value == "":
+                return {"vr": vr}
+            if isinstance(value, str) and "\\" in value:
+                return {"vr": vr, "Value": value.split("\\")}
+            return {"vr": vr, "Value": [value]}
+
+        return code
+
+    def single(value: Any) -> dict[str, Any]:
+        if value is None or value == "":
+            return {"vr": vr}
+        return {"vr": vr, "Value": [value]}
+
+    return single
 
 
 @functools.cache
@@ -352,7 +397,7 @@ def _tag(keyword: str) -> str:
 
 @dataclass
 class QueryResult:
-    """One match: DICOM JSON (keys unsorted; sort when serialising) plus the UIDs for URLs."""
+    """One match: DICOM JSON with its keys in tag order, plus the UIDs for URLs."""
 
     dataset: dict[str, Any]
     study_instance_uid: str = ""
@@ -386,6 +431,7 @@ def _representative_headers(session: Session, level: QueryLevel, pks: list[int])
     return {owner: json.loads(h) for owner, h in rows}
 
 
+@functools.cache
 def _belongs(keyword: str, level: QueryLevel) -> bool:
     """Whether an attribute from an instance header may be answered at a study or series level."""
     if level is _IN:
@@ -396,49 +442,84 @@ def _belongs(keyword: str, level: QueryLevel) -> bool:
     return not (level is _ST and keyword in _SERIES_KEYWORDS)
 
 
-def run_query(session: Session, spec: QuerySpec) -> list[QueryResult]:
-    """Execute a query and answer each match as DICOM JSON."""
-    query = build_select(spec).limit(spec.limit).offset(spec.offset)
-    rows = session.execute(query).all()
-    wanted = list(dict.fromkeys([*DEFAULT_RETURN[spec.level], *spec.matches.keys(), *sorted(spec.include)]))
-    extra = [k for k in wanted if k not in ATTRIBUTES]
-    headers: dict[int, dict[str, Any]] = {}
-    if (extra or spec.include_all) and spec.level is not _P:
-        headers = _representative_headers(session, spec.level, [row[0].id for row in rows])
-    # Resolve every returned attribute once, not once per row.
-    columns: list[tuple[str, str, Any, str]] = []  # tag, keyword, entity class (None: header), column key
-    for keyword in wanted:
+@functools.cache
+def _header_tag_belongs(tag: str, level: QueryLevel) -> bool:
+    """``_belongs`` for a header element's tag (includefield=all): only dictionary attributes."""
+    keyword = keyword_for_tag(int(tag, 16))
+    return bool(keyword) and _belongs(keyword, level)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a query selects and how each row becomes DICOM JSON, worked out once per query."""
+
+    select: Select[Any]  # ordered; selects the level's key, the URL UIDs, then each distinct returned column
+    from_index: list[tuple[str, int, Callable[[Any], dict[str, Any]]]]  # tag, row position, converter
+    from_header: list[tuple[str, str]]  # tag, keyword: answered from the representative header
+    absent: list[tuple[str, str]]  # tag, VR: returned empty (e.g. a study attribute at series level)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(level: QueryLevel, wanted: tuple[str, ...]) -> _Plan:
+    columns: list[Any] = [_KEY[level], *_URL_UIDS[level]]
+    positions: dict[Any, int] = {}
+    from_index: list[tuple[str, int, Callable[[Any], dict[str, Any]]]] = []
+    from_header: list[tuple[str, str]] = []
+    absent: list[tuple[str, str]] = []
+    for keyword in sorted(wanted, key=_tag):
         attribute = ATTRIBUTES.get(keyword)
         if attribute is None:
-            columns.append((_tag(keyword), keyword, None, ""))
-        elif attribute.level.value <= spec.level.value and attribute.column is not None:
-            columns.append((_tag(keyword), keyword, attribute.column.class_, attribute.column.key))
+            if level is not _P and _belongs(keyword, level):
+                from_header.append((_tag(keyword), keyword))
+            else:
+                absent.append((_tag(keyword), _vr(keyword)))
+        elif attribute.level.value <= level.value and attribute.column is not None:
+            column = attribute.column
+            if column not in positions:
+                positions[column] = len(columns)
+                columns.append(column)
+            from_index.append((_tag(keyword), positions[column], _converter(keyword)))
+    return _Plan(_order(level, _base_select(level, columns)), from_index, from_header, absent)
+
+
+def run_query(session: Session, spec: QuerySpec) -> list[QueryResult]:
+    """Execute a query and answer each match as DICOM JSON (keys in tag order).
+
+    Only the columns the answer needs are selected, as plain tuples: loading ORM entities
+    (identity map, instance state) cost more than the query itself for a page of studies."""
+    wanted = tuple(dict.fromkeys([*DEFAULT_RETURN[spec.level], *spec.matches.keys(), *sorted(spec.include)]))
+    plan = _plan(spec.level, wanted)
+    query = build_select(spec, plan.select).limit(spec.limit).offset(spec.offset)
+    rows = session.connection().execute(query).all()  # plain columns: no ORM loading to go through
+    headers: dict[int, dict[str, Any]] = {}
+    if (plan.from_header or spec.include_all) and spec.level is not _P:
+        headers = _representative_headers(session, spec.level, [row[0] for row in rows])
+    uids = len(_URL_UIDS[spec.level])
+    level = spec.level
     results = []
     for row in rows:
-        entities = {type(entity): entity for entity in row}
-        dataset: dict[str, Any] = {}
-        header = headers.get(row[0].id, {})
-        if spec.include_all:
-            for tag, element in header.items():
-                keyword = keyword_for_tag(int(tag, 16))
-                if keyword and "BulkDataURI" not in element and _belongs(keyword, spec.level):
-                    dataset[tag] = element
-        for tag, keyword, entity_class, key in columns:
-            if entity_class is not None:
-                dataset[tag] = _element(keyword, getattr(entities[entity_class], key))
-            elif tag in header and _belongs(keyword, spec.level):
-                dataset[tag] = header[tag]
-            else:
-                dataset[tag] = {"vr": _vr(keyword)}
-        study = entities.get(Study)
-        series = entities.get(Series)
-        instance = entities.get(Instance)
+        dataset = {tag: convert(row[position]) for tag, position, convert in plan.from_index}
+        if headers or plan.from_header or plan.absent:
+            header = headers.get(row[0], {})
+            for tag, _keyword in plan.from_header:
+                dataset[tag] = header.get(tag) or {"vr": _vr(_keyword)}
+            for tag, vr in plan.absent:
+                dataset[tag] = {"vr": vr}
+            if spec.include_all:
+                for tag, element in header.items():
+                    if (
+                        tag not in dataset
+                        and "BulkDataURI" not in element
+                        and _header_tag_belongs(tag, level)
+                    ):
+                        dataset[tag] = element
+            dataset = dict(sorted(dataset.items()))
         results.append(
             QueryResult(
                 dataset,
-                study.study_instance_uid if isinstance(study, Study) else "",
-                series.series_instance_uid if isinstance(series, Series) else "",
-                instance.sop_instance_uid if isinstance(instance, Instance) else "",
+                row[1] if uids > 0 else "",
+                row[2] if uids > 1 else "",
+                row[3] if uids > 2 else "",
             )
         )
     return results

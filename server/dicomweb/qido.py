@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
+from sqlalchemy.orm import Session
+
 from server.archive.query import QueryError, QueryLevel, QueryResult, QuerySpec, run_query, spec_from_pairs
 from server.context import ServerContext
 from server.web.base import BaseHandler, ProblemError
@@ -54,7 +56,16 @@ class QidoHandler(BaseHandler):
         self.write_json([_with_retrieve_url(r, level, base) for r in results], "application/dicom+json")
 
     def _run(self, spec: QuerySpec) -> list[QueryResult]:
-        with self.ctx.archive.sessions() as session:
+        engine = self.ctx.archive.engine
+        if engine.dialect.name == "sqlite":  # in-process: no round trips to save
+            with self.ctx.archive.sessions() as session:
+                return run_query(session, spec)
+        # Read-only: in autocommit mode no BEGIN / ROLLBACK round trips go to PostgreSQL around the
+        # query (each SELECT still sees one consistent snapshot; READ COMMITTED gives no more).
+        with (
+            engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection,
+            Session(bind=connection) as session,
+        ):
             return run_query(session, spec)
 
 

@@ -8,14 +8,18 @@ empty value asks for the attribute back), so C-FIND and QIDO-RS match identicall
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
+from pydicom.jsonrep import JSON_VALUE_KEYS, convert_to_python_number
 from pydicom.multival import MultiValue
 from pynetdicom.events import Event
 from pynetdicom.sop_class import (
@@ -95,6 +99,13 @@ class FindRequest:
     spec: QuerySpec
     requested: list[str]
 
+    @functools.cached_property
+    def answer_tags(self) -> dict[str, str]:
+        """Tag (as in DICOM JSON) -> keyword of every key an answer carries, worked out once per request."""
+        wanted = {*self.requested, UNIQUE_KEYS[self.spec.level]}
+        tags = ((tag_for_keyword(k), k) for k in wanted)
+        return {f"{tag:08X}": keyword for tag, keyword in tags if tag is not None}
+
 
 def find_request(identifier: Dataset, information_model: str, limit: int) -> FindRequest:
     level = query_level(identifier, information_model)
@@ -113,26 +124,80 @@ def find_request(identifier: Dataset, information_model: str, limit: int) -> Fin
     return FindRequest(spec, requested)
 
 
+# VRs whose DICOM JSON values (strings or numbers) are the element's values as pydicom takes them.
+_PLAIN_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+    | {"IS", "DS", "US", "UL", "SL", "SS", "SV", "UV", "FL", "FD"}
+)
+_LEVEL_NAMES = {level: name for name, level in QUERY_RETRIEVE_LEVELS.items()}
+
+
+def _ascii(values: list[Any]) -> bool:
+    """Whether a DICOM JSON value list has only ASCII text (else the answer is sent as UTF-8)."""
+    for value in values:
+        if type(value) is str:
+            if not value.isascii():
+                return False
+        elif type(value) is dict and all(type(group) is str for group in value.values()):  # a person name
+            if not all(group.isascii() for group in value.values()):
+                return False
+        elif not isinstance(value, int | float) and not json.dumps(value, ensure_ascii=False).isascii():
+            return False
+    return True
+
+
+def _person_name(value: dict[str, str]) -> str:
+    """A DICOM JSON person name as PN text, exactly as pydicom's JSON reader makes it."""
+    components = ["", "", ""] if "Phonetic" in value else ["", ""] if "Ideographic" in value else [""]
+    for index, group in enumerate(("Alphabetic", "Ideographic", "Phonetic")):
+        if group in value:
+            components[index] = value[group]
+    return "=".join(components)
+
+
+def data_element(tag: str, element: dict[str, Any]) -> DataElement:
+    """``DataElement.from_json`` of one DICOM JSON element, the same element, built directly for the
+    plain values an index answer holds (pydicom's reader costs more than the query per match);
+    sequences, binaries and anything unusual go through pydicom's reader. Values are not validated
+    again: they are the archive's own, and validation here would only log warnings."""
+    vr = element["vr"]
+    values = element.get("Value")
+    if len(element) == 1:
+        return DataElement(int(tag, 16), vr, empty_value_for_VR(vr), validation_mode=config.IGNORE)
+    if len(element) == 2 and type(values) is list and values:
+        if vr in _PLAIN_VRS and all(type(v) in (str, int, float) for v in values):
+            value = convert_to_python_number(values[0] if len(values) == 1 else values, vr)
+            return DataElement(int(tag, 16), vr, value, validation_mode=config.IGNORE)
+        if vr == "PN" and all(type(v) is dict for v in values):
+            names = [_person_name(v) for v in values]
+            value = names[0] if len(names) == 1 else names
+            return DataElement(int(tag, 16), vr, value, validation_mode=config.IGNORE)
+    key = next((k for k in JSON_VALUE_KEYS if k in element), None)
+    return DataElement.from_json(Dataset, tag, vr, element[key] if key else [""], key)
+
+
 def response_identifier(result: QueryResult, request: FindRequest, retrieve_ae_title: str) -> Dataset:
     """One C-FIND match: the requested keys and the level's unique key, nothing else."""
-    wanted = {*request.requested, UNIQUE_KEYS[request.spec.level]}
-    tags = {f"{tag_for_keyword(k):08X}": k for k in wanted if tag_for_keyword(k) is not None}
-    document = {
-        tag: {"vr": element["vr"]} if "BulkDataURI" in element or "InlineBinary" in element else element
-        for tag, element in result.dataset.items()
-        if tag in tags
-    }
-    ds = Dataset.from_json(document)
+    tags = request.answer_tags
+    ds = Dataset()
+    ascii_only = True
+    for tag, element in result.dataset.items():
+        if tag not in tags:
+            continue
+        if "BulkDataURI" in element or "InlineBinary" in element:
+            element = {"vr": element["vr"]}
+        elif ascii_only and "Value" in element:
+            ascii_only = _ascii(element["Value"])
+        ds.add(data_element(tag, element))
     for tag, keyword in tags.items():
         if keyword not in ds and keyword not in _ANSWERED_HERE:
             ds.add_new(int(tag, 16), dictionary_VR(keyword), None)
-    level_name = next(n for n, lv in QUERY_RETRIEVE_LEVELS.items() if lv is request.spec.level)
-    ds.QueryRetrieveLevel = level_name
-    if "RetrieveAETitle" in wanted:
+    ds.QueryRetrieveLevel = _LEVEL_NAMES[request.spec.level]
+    if "RetrieveAETitle" in tags.values():
         ds.RetrieveAETitle = retrieve_ae_title
-    if "InstanceAvailability" in wanted:
+    if "InstanceAvailability" in tags.values():
         ds.InstanceAvailability = "ONLINE"
-    if not json.dumps(document).isascii():
+    if not ascii_only:
         ds.SpecificCharacterSet = "ISO_IR 192"
     return ds
 
