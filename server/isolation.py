@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -124,7 +125,15 @@ class IsolatedPool:
 
 # One forkserver serves every pool. It preloads the codec module and the main script: every
 # worker re-runs the main script as ``__mp_main__``, cheap only when its imports are loaded.
-_PRELOAD = ["__main__", "server.imaging.codecs"]
+# A main script run as a module (``python -m server.cli``) is preloaded by its name: the
+# forkserver skips "__main__" then, and each worker would import the whole server (~1 s of CPU).
+# A package's ``__main__`` is left out, as multiprocessing itself never re-runs one.
+_MAIN_NAME = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) or ""
+_PRELOAD = [
+    "__main__",
+    *([_MAIN_NAME] if _MAIN_NAME and not _MAIN_NAME.endswith("__main__") else []),
+    "server.imaging.codecs",
+]
 # Frame decoding for every compressed syntax except baseline JPEG through Pillow (see frames.py).
 decoder_pool = IsolatedPool("image decoder", workers=2, preload=_PRELOAD)
 # Long jobs (FFmpeg building a cine MP4) get their own worker so they never queue frame decodes.

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from server.archive.models import Instance, Patient, Series, Study
 from server.archive.objectstore import open_mirror
 from server.archive.pixeldata import FrameIndex
 from server.config import Settings
+from server.isolation import _PRELOAD, IsolatedPool
 
 if TYPE_CHECKING:
     from server.jobs.queue import JobQueue
@@ -275,20 +277,35 @@ class Archive:
         """
         outcomes: list[StoreOutcome | None] = [None] * len(items)
         ready: list[tuple[int, ParsedInstance, Path, str]] = []
-        for position, (temp_path, sha256) in enumerate(items):
-            prepared = self._prepare(temp_path, sha256, expected_study)
-            if isinstance(prepared, StoreOutcome):
-                outcomes[position] = prepared
-            else:
-                ready.append((position, prepared, temp_path, _digest(prepared, temp_path, sha256)))
-        try:
-            placed = list(self._io_pool.map(lambda r: self._place(r[2], r[3]), ready))
-        except OSError as exc:
-            for _, _, temp_path, _ in ready:
+        placed: list[Path] = []
+        isolated = len(items) > 1 and _parser_ready()
+        # Each instance is parsed (in a worker process: both cores work, whatever the number of
+        # server processes) and then made durable, so one's fsync overlaps the next one's parsing.
+        prepared = list(
+            self._io_pool.map(
+                lambda item: self._prepare_and_place(item[0], item[1], expected_study, isolated), items
+            )
+        )
+        failed: OSError | None = None
+        for position, (result, (temp_path, _)) in enumerate(zip(prepared, items, strict=True)):
+            if isinstance(result, StoreOutcome):
+                outcomes[position] = result
+            elif isinstance(result, OSError):
+                failed = result
                 temp_path.unlink(missing_ok=True)
-            log.warning("batch ingest could not write: %s", exc)
+            else:
+                parsed, digest, path = result
+                ready.append((position, parsed, temp_path, digest))
+                placed.append(path)
+        if failed is not None:  # disk full, permissions: nothing of the batch is kept
+            for _, _, _, digest in ready:
+                try:
+                    self._drop_blob_if_unreferenced(digest)
+                except (OSError, OperationalError):  # an orphan blob: reconcile finds it
+                    log.warning("could not remove blob %s of a failed batch", digest)
+            log.warning("batch ingest could not write: %s", failed)
             failure = StoreOutcome(
-                StoreStatus.REJECTED, failure_status=OUT_OF_RESOURCES, reason=f"storage error: {exc}"
+                StoreStatus.REJECTED, failure_status=OUT_OF_RESOURCES, reason=f"storage error: {failed}"
             )
             return [o or failure for o in outcomes]
         events: list[InstanceStored] = []
@@ -342,12 +359,33 @@ class Archive:
             self._notify(event)
         return [o for o in outcomes if o is not None]
 
-    def _prepare(
-        self, temp_path: Path, sha256: str | None, expected_study: str | None
-    ) -> ParsedInstance | StoreOutcome:
-        """Parse and validate a temp file; a rejection consumes it."""
+    def _prepare_and_place(
+        self, temp_path: Path, sha256: str | None, expected_study: str | None, isolated: bool
+    ) -> tuple[ParsedInstance, str, Path] | StoreOutcome | OSError:
+        """One instance of a batch: parsed, validated and moved durably to its blob path."""
         try:
-            parsed = parse_instance(temp_path, self.limits)
+            prepared = self._prepare(temp_path, sha256, expected_study, isolated)
+            if isinstance(prepared, StoreOutcome):
+                return prepared
+            digest = _digest(prepared, temp_path, sha256)
+            return prepared, digest, self._place(temp_path, digest)
+        except OSError as exc:
+            return exc
+
+    def _prepare(
+        self, temp_path: Path, sha256: str | None, expected_study: str | None, isolated: bool = False
+    ) -> ParsedInstance | StoreOutcome:
+        """Parse and validate a temp file; a rejection consumes it.
+
+        ``isolated``: parse in a worker process (a batch); alone, an instance is parsed here,
+        where it costs no round trip (C-STORE waits for each instance's answer).
+        """
+        try:
+            parsed = (
+                _parse_isolated(temp_path, self.limits)
+                if isolated
+                else parse_instance(temp_path, self.limits)
+            )
             ds = parsed.dataset
             if expected_study and str(ds.StudyInstanceUID) != expected_study:
                 wrong_study = RejectedInstance(
@@ -747,6 +785,47 @@ def _instance_values(
         "header": header,
         "frame_index": parsed.frame_index.to_bytes() if parsed.frame_index is not None else None,
     }
+
+
+# Parsing is pure Python (pydicom, the structure walk, DICOM JSON) and most of an instance's
+# CPU: in worker processes it uses every core, even behind one server process.
+_PARSE_WORKERS = min(os.cpu_count() or 1, 4)
+parser_pool = IsolatedPool("DICOM parser", workers=_PARSE_WORKERS, preload=_PRELOAD)
+_parser_started = threading.Event()  # the workers are being started
+_parser_warm = threading.Event()  # ... and answer
+
+
+def _parser_ready() -> bool:
+    """Whether batches go to the workers; the first batch starts them, and the server parses
+    meanwhile: starting the forkserver costs seconds of CPU, no request should wait for it."""
+    if _PARSE_WORKERS < 2:
+        return False
+    if not _parser_started.is_set():
+        _parser_started.set()
+        threading.Thread(target=_warm_parser, name="parser-warm-up", daemon=True).start()
+    return _parser_warm.is_set()
+
+
+def _warm_parser() -> None:
+    parser_pool.warm()
+    _parser_warm.set()
+
+
+def _parse_isolated(path: Path, limits: GeometryLimits) -> ParsedInstance:
+    """``parse_instance`` in a worker, with the same outcome as in this process.
+
+    The workers are there for the second core, not for isolation (the parser is pure Python,
+    its inputs bounded by the structure walk): if a worker dies (out of memory, killed) or a
+    result cannot cross the process boundary, the instance is parsed here, as it would be alone.
+    A worker dying breaks the pool under every job in flight, so this keeps the others stored.
+    """
+    try:
+        return parser_pool.run(parse_instance, path, limits)
+    except (RejectedInstance, OSError):
+        raise
+    except Exception as exc:
+        log.warning("parsing %s in a worker failed (%s); parsing it in the server", path.name, exc)
+        return parse_instance(path, limits)
 
 
 def _write_back(path: Path) -> None:

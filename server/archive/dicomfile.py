@@ -46,6 +46,16 @@ class RejectedInstance(Exception):
         self.sop_class_uid = ""
         self.sop_instance_uid = ""
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Whole across a process boundary (parsing runs in worker processes): status and UIDs too."""
+        return _rejected, (self.reason, self.status, self.sop_class_uid, self.sop_instance_uid)
+
+
+def _rejected(reason: str, status: int, sop_class_uid: str, sop_instance_uid: str) -> RejectedInstance:
+    exc = RejectedInstance(reason, status)
+    exc.sop_class_uid, exc.sop_instance_uid = sop_class_uid, sop_instance_uid
+    return exc
+
 
 @dataclass(frozen=True)
 class GeometryLimits:

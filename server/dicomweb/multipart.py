@@ -64,64 +64,77 @@ class MultipartReader:
         self._current: ReceivedPart | None = None
 
     def feed(self, chunk: bytes) -> None:
-        self._buffer += chunk
+        # One copy of the chunk (behind the few bytes kept from the last one); parts are found by
+        # position and written as views, so a chunk holding many small parts is not copied per part.
+        buf = self._buffer + chunk if self._buffer else chunk
+        view = memoryview(buf)
+        pos = 0
+        try:
+            pos = self._parse(buf, view)
+        finally:
+            view.release()
+        self._buffer = buf[pos:]
+
+    def _parse(self, buf: bytes, view: memoryview) -> int:
+        """Consume ``buf`` as far as it can be; returns where the unconsumed rest starts."""
+        delimiter = self._delimiter
+        pos = 0
         while True:
             if self._state == "preamble":
-                index = self._buffer.find(self._delimiter)
+                index = buf.find(delimiter, pos)
                 if index < 0:
-                    self._buffer = self._buffer[-len(self._delimiter) :]
-                    return
-                self._buffer = self._buffer[index + len(self._delimiter) :]
+                    return max(pos, len(buf) - len(delimiter))
+                pos = index + len(delimiter)
                 self._state = "after-boundary"
             elif self._state == "after-boundary":
-                if len(self._buffer) < 2:
-                    return
-                if self._buffer.startswith(b"--"):
+                if len(buf) - pos < 2:
+                    return pos
+                if buf.startswith(b"--", pos):
                     self._state = "epilogue"
-                    self._buffer = b""
-                    return
+                    return len(buf)
                 # At most MAX_BOUNDARY_PADDING bytes between a boundary and its CRLF, however the
                 # body was cut into chunks (with no CRLF yet, the last byte may be its CR).
-                end = self._buffer.find(b"\r\n")
-                if end > MAX_BOUNDARY_PADDING or (end < 0 and len(self._buffer) > MAX_BOUNDARY_PADDING + 1):
+                found = buf.find(b"\r\n", pos)
+                end = found - pos if found >= 0 else -1
+                if end > MAX_BOUNDARY_PADDING or (end < 0 and len(buf) - pos > MAX_BOUNDARY_PADDING + 1):
                     raise MultipartError("garbage after a multipart boundary")
                 if end < 0:
-                    return
-                self._buffer = self._buffer[end + 2 :]
+                    return pos
+                pos = found + 2
                 self._state = "headers"
             elif self._state == "headers":
-                end = self._buffer.find(b"\r\n\r\n")
-                if self._buffer.startswith(b"\r\n"):
-                    end, header_block = 0, b""
-                    self._buffer = self._buffer[2:]
-                # The same limit whatever the chunking: with no blank line yet, the last 3 bytes
-                # may be its start.
-                elif end > MAX_PART_HEADER_BYTES or (
-                    end < 0 and len(self._buffer) > MAX_PART_HEADER_BYTES + 3
-                ):
-                    raise MultipartError("multipart part headers are too long")
-                elif end < 0:
-                    return
+                if buf.startswith(b"\r\n", pos):
+                    header_block = b""
+                    pos += 2
                 else:
-                    header_block = self._buffer[:end]
-                    self._buffer = self._buffer[end + 4 :]
+                    found = buf.find(b"\r\n\r\n", pos)
+                    end = found - pos if found >= 0 else -1
+                    # The same limit whatever the chunking: with no blank line yet, the last 3 bytes
+                    # may be its start.
+                    if end > MAX_PART_HEADER_BYTES or (
+                        end < 0 and len(buf) - pos > MAX_PART_HEADER_BYTES + 3
+                    ):
+                        raise MultipartError("multipart part headers are too long")
+                    if end < 0:
+                        return pos
+                    header_block = buf[pos:found]
+                    pos = found + 4
                 self._start_part(header_block)
                 self._state = "body"
             elif self._state == "body":
-                index = self._buffer.find(self._delimiter)
+                index = buf.find(delimiter, pos)
                 if index < 0:
-                    keep = len(self._delimiter) - 1
-                    if len(self._buffer) > keep:
-                        self._write(self._buffer[:-keep])
-                        self._buffer = self._buffer[-keep:]
-                    return
-                self._write(self._buffer[:index])
-                self._buffer = self._buffer[index + len(self._delimiter) :]
+                    keep = len(delimiter) - 1
+                    if len(buf) - pos > keep:
+                        self._write(view[pos : len(buf) - keep])
+                        pos = len(buf) - keep
+                    return pos
+                self._write(view[pos:index])
+                pos = index + len(delimiter)
                 self._end_part()
                 self._state = "after-boundary"
             else:  # epilogue: ignored
-                self._buffer = b""
-                return
+                return len(buf)
 
     def finish(self) -> list[ReceivedPart]:
         if self._state != "epilogue":
@@ -151,7 +164,7 @@ class MultipartReader:
         self._hash = hashlib.sha256()
         self._current = ReceivedPart(path, headers)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         if data and self._file is not None and self._current is not None:
             self._file.write(data)
             self._hash.update(data)

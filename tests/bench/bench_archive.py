@@ -312,6 +312,34 @@ QUERIES = {
 }
 
 
+def wait_idle(pgid: int, timeout: float = 60.0) -> None:
+    """Wait until a server's processes stop working after start-up: `tessera serve` answers its
+    health check before its other processes and worker pools have finished starting (seconds of
+    CPU on this machine), and queries timed meanwhile measured that start-up, not the queries."""
+
+    def cpu_seconds() -> float:
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid:  # process group: the server and everything it started
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
+    deadline = time.monotonic() + timeout
+    last, quiet = cpu_seconds(), 0
+    while quiet < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds()
+        quiet = quiet + 1 if now - last < 0.03 else 0
+        last = now
+
+
 def query_latencies(url: str, repeat: int) -> dict[str, Latency]:
     session = requests.Session()
     out = {}
@@ -376,6 +404,7 @@ def bench_qido(
             for processes_ in processes:
                 server = TesseraProcess(settings.data_dir, db_url, processes=processes_)
                 try:
+                    wait_idle(server.proc.pid)
                     tessera[(label, processes_)] = query_latencies(server.url, repeat)
                 finally:
                     server.stop()
@@ -411,6 +440,7 @@ def bench_qido(
                 f"  filled Orthanc with {orthanc_count:,} instances at {orthanc_count / fill:,.0f}/s",
                 flush=True,
             )
+            wait_idle(server_o.proc.pid)
             orthanc = query_latencies(server_o.url, repeat)
             for query, latency in orthanc.items():
                 rows.append(
