@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import signal
@@ -17,7 +18,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.process import fork_processes, task_id
 
-from server.archive.archive import Archive
+from server.archive.archive import Archive, start_parser_workers
 from server.config import Settings
 from server.context import ServerContext
 from server.isolation import decoder_pool
@@ -75,6 +76,15 @@ def start_dimse(ctx: ServerContext) -> Any:
     return start(ctx)
 
 
+def freeze_startup_heap() -> None:
+    """Put what start-up allocated (modules, routes, libraries: ~200,000 objects) out of the cyclic
+    garbage collector's reach. A full collection walks every tracked object: 100 ms of CPU or more
+    on the event loop for this heap, a stall for every request in flight (tiles included); frozen,
+    it walks only what came later. Frozen objects are never collected: run once, after start-up."""
+    gc.collect()
+    gc.freeze()
+
+
 def _end_with_parent() -> None:
     """A child gets SIGTERM when the supervising parent dies, so stopping the parent stops all."""
     try:
@@ -110,6 +120,7 @@ def serve(settings: Settings) -> None:
         _end_with_parent()
     ctx = build_context(settings, migrate=False)
     ctx.executor.submit(decoder_pool.warm)  # the first JPEG 2000/RLE frame need not wait for a worker
+    start_parser_workers()  # nor the first STOW batch for the parser workers
     first = task_id() in (None, 0)
     dimse = start_dimse(ctx) if first else None
     if first:
@@ -120,6 +131,7 @@ def serve(settings: Settings) -> None:
 
     async def main() -> None:
         server = make_http_server(ctx)  # created inside the running loop it will serve on
+        freeze_startup_heap()
         server.add_sockets(sockets)
         scheme = "https" if settings.tls_enabled else "http"
         log.info("Tessera serving %s://%s:%d (pid %d)", scheme, settings.host, settings.port, os.getpid())

@@ -81,9 +81,20 @@ def test_eight_image_hanging_in_chromium(server: BackgroundServer) -> None:
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 900})
             page.on("pageerror", lambda e: errors.append(str(e)))
+            requested: list[str] = []
+            page.on("request", lambda r: requested.append(r.url))
             page.goto(f"{server.url}/mammography/static/viewer.html?study={study}&stage=4")
             page.wait_for_selector("body[data-drawn='true']", timeout=20000)
             page.screenshot(path=str(ARTIFACTS / "mammography_hanging_8.png"))
+            # Drawn from the hanging alone (it carries each image's info), and each image's tiles at
+            # the one level its fitted view needs: no coarser placeholder level fetched first.
+            assert not [url for url in requested if "/info" in url]
+            levels: dict[str, set[int]] = {}
+            for url in requested:
+                if "_files/" in url:
+                    sop = url.split("/images/")[1].split("/")[0]
+                    levels.setdefault(sop, set()).add(int(url.split("_files/")[1].split("/")[0]))
+            assert len(levels) == 8 and all(len(found) == 1 for found in levels.values()), levels
             expected = {
                 "RCC": (1, 1, CURRENT, "right"),
                 "LCC": (1, 2, CURRENT, "left"),

@@ -145,6 +145,19 @@ def test_hanging_of_the_demo_exam(server: BackgroundServer) -> None:
     eight = document["stages"][3]["viewports"]
     assert len(eight) == 8 and all(v["image"] for v in eight)
     assert {v["image"]["StudyInstanceUID"] for v in eight if v["is_prior"]} == {PRIOR.uid_for(RIVERA)}
+    # Every placed image (and stack) comes with the same info its info route answers: no round trip.
+    placed = {
+        image["SOPInstanceUID"]
+        for stage in document["stages"]
+        for v in stage["viewports"]
+        for image in (v["image"], v["tomosynthesis"])
+        if image
+    }
+    assert set(document["images"]) == placed
+    for sop in [v["image"]["SOPInstanceUID"] for v in eight[:2]] + [
+        first["LCC"]["tomosynthesis"]["SOPInstanceUID"]
+    ]:
+        assert document["images"][sop] == get_json(server, f"/mammography/images/{sop}/info")
     # The prior study itself hangs with no prior of its own.
     prior = get_json(server, f"/mammography/studies/{PRIOR.uid_for(RIVERA)}/hanging")
     assert prior["protocol"]["id"] == "screening" and prior["priors"] == []
@@ -274,6 +287,28 @@ def test_cad_sr_marks(server: BackgroundServer, demo_files: list[Path]) -> None:
     assert len(document["reports"]) == 1 and len(document["marks"]) == 4
     assert {m["SOPInstanceUID"] for m in document["marks"]} >= {str(lcc.SOPInstanceUID)}
     assert get_json(server, f"/mammography/studies/{PRIOR.uid_for(RIVERA)}/cad")["marks"] == []
+
+
+def test_a_burst_of_first_tiles_is_recorded_once(server: BackgroundServer, demo_files: list[Path]) -> None:
+    """A viewer asks for an image's first screen of tiles at once: one audit record covers them all
+    (each waiting for its own committed record, one after another, delayed the first screen)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.security.audit import AuditFilter
+    from server.security.service import security_of
+
+    path = next(p for p in demo_files if p.name == "03-RMLO.dcm" and "2024" in str(p))
+    sop = str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+    tiles = [
+        f"/mammography/images/{sop}/frames/0_files/{level}/0_0.jpeg?window={w},2000"
+        for level in (8, 9, 10)
+        for w in (1000, 1500, 2000, 2500)
+    ]
+    with ThreadPoolExecutor(len(tiles)) as pool:
+        assert [status for status, _, _ in pool.map(lambda t: get(server, t), tiles)] == [200] * len(tiles)
+    trail = security_of(server.ctx).audit
+    records = [r for r in trail.iterate(AuditFilter()) if f"/images/{sop}/frames/" in r["resource"]]
+    assert len(records) == 1, [r["resource"] for r in records]
 
 
 def test_module_claims_and_builds_pyramids_ahead(server: BackgroundServer) -> None:

@@ -4,6 +4,8 @@ patient's other mammography studies (the prior candidates). Blocking: SQL and he
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
@@ -18,6 +20,9 @@ from modules.mammography.views import (
 from server.archive.models import Patient, Study
 from server.context import ServerContext
 from server.security.groups import Scope, visible_studies
+
+if TYPE_CHECKING:
+    from server.archive.archive import StoredInstance
 
 
 def chest_wall_side(header: Dataset, laterality: str) -> tuple[str, str]:
@@ -79,8 +84,13 @@ def exam_image(header: Dataset, study_uid: str, series_uid: str, frames: int) ->
     )
 
 
-def load_exam(ctx: ServerContext, study_uid: str) -> Exam | None:
-    """A study's mammography images with their views; None when the study is unknown."""
+def load_exam(
+    ctx: ServerContext, study_uid: str, instances: dict[str, StoredInstance] | None = None
+) -> Exam | None:
+    """A study's mammography images with their views; None when the study is unknown.
+
+    ``instances``, when given, collects the images' index records by SOP Instance UID (the
+    hanging describes the images it places from them without asking the index again)."""
     with ctx.archive.sessions() as session:
         row = session.execute(
             select(Study, Patient)
@@ -103,6 +113,8 @@ def load_exam(ctx: ServerContext, study_uid: str) -> Exam | None:
         if instance.sop_class_uid not in IMAGE_SOP_CLASSES:
             continue
         header = ctx.headers.get(instance)
+        if instances is not None:
+            instances[instance.sop_instance_uid] = instance
         images.append(
             exam_image(header, study_uid, instance.series_instance_uid, max(1, instance.number_of_frames))
         )
@@ -133,11 +145,16 @@ def patient_mammography_studies(ctx: ServerContext, study_uid: str, scope: Scope
     return [row[0] for row in rows]
 
 
-def load_prior_candidates(ctx: ServerContext, current: Exam, scope: Scope | None) -> list[Exam]:
+def load_prior_candidates(
+    ctx: ServerContext,
+    current: Exam,
+    scope: Scope | None,
+    instances: dict[str, StoredInstance] | None = None,
+) -> list[Exam]:
     """Every other mammography exam of the patient the user may see, read fully (newest first)."""
     exams = []
     for uid in patient_mammography_studies(ctx, current.study_instance_uid, scope):
-        exam = load_exam(ctx, uid)
+        exam = load_exam(ctx, uid, instances)
         if exam is not None and exam.images:
             exams.append(exam)
     return exams

@@ -12,10 +12,11 @@ import logging
 import re
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from modules.mammography.cad import read_cad_sr
 from modules.mammography.exams import exam_image, load_exam, load_prior_candidates
@@ -27,11 +28,20 @@ from modules.mammography.tomosynthesis import SlabMode, slab, slab_range
 from modules.mammography.views import MAMMOGRAPHY_CAD_SR
 from server.context import ServerContext
 from server.imaging.calibration import resolve_calibration
-from server.imaging.rendering import Window
+from server.imaging.rendering import Window, default_window, window_presets
 from server.tiles import CachedTile, DeepZoom, SourceUnreadable, TileCache, TileNotFound
-from server.tiles.dicom_image import DicomImageSource, NotAGrayscaleImage, open_dicom_image
+from server.tiles.dicom_image import (
+    TILE_SIZE,
+    DicomImageSource,
+    NotAGrayscaleImage,
+    image_identity,
+    open_dicom_image,
+)
 from server.tiles.http import REVALIDATE, finish_cached, send_tile, tile_address
 from server.web.base import BaseHandler, ProblemError
+
+if TYPE_CHECKING:
+    from server.archive.archive import StoredInstance
 
 log = logging.getLogger(__name__)
 UID = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -145,14 +155,15 @@ class HangingHandler(MammographyHandler):
         self.write_json(document)
 
     def build(self, study_uid: str, wanted: str | None, chosen: list[str]) -> dict[str, Any]:
-        current = load_exam(self.ctx, study_uid)
+        instances: dict[str, StoredInstance] = {}
+        current = load_exam(self.ctx, study_uid, instances)
         if current is None:
             raise ProblemError(404, f"no study {study_uid} in the archive")
         if not current.images:
             raise ProblemError(404, f"study {study_uid} holds no mammography images")
         # the priors are studies the URL does not name: only those in the user's groups are offered
         scope = self.identity.scope if self.identity is not None else None
-        everything = load_prior_candidates(self.ctx, current, scope)
+        everything = load_prior_candidates(self.ctx, current, scope, instances)
         candidates = select_priors(current, everything, count=100)
         try:
             if chosen:
@@ -170,7 +181,29 @@ class HangingHandler(MammographyHandler):
                 protocol = choose_protocol(self.protocols, current, priors, wanted)
         except ProtocolError as exc:
             raise ProblemError(404 if wanted else 422, str(exc)) from exc
-        return hang(protocol, current, priors, candidates).to_json()
+        document = hang(protocol, current, priors, candidates).to_json()
+        document["images"] = self.image_infos(document, instances)
+        return document
+
+    def image_infos(
+        self, document: dict[str, Any], instances: dict[str, StoredInstance]
+    ) -> dict[str, dict[str, Any]]:
+        """The info of every image the hanging places, by SOP Instance UID: the viewer opens its
+        viewports with these instead of one more round of requests (headers are cached already)."""
+        infos: dict[str, dict[str, Any]] = {}
+        for stage in document["stages"]:
+            for viewport in stage["viewports"]:
+                for key in ("image", "tomosynthesis"):
+                    sop = (viewport.get(key) or {}).get("SOPInstanceUID")
+                    instance = instances.get(sop) if sop else None
+                    if instance is None or sop in infos:
+                        continue
+                    header = self.ctx.headers.get(instance)
+                    if (
+                        int(header.get("SamplesPerPixel", 1)) == 1 and instance.rows
+                    ):  # else: the info route's 422
+                        infos[instance.sop_instance_uid] = describe_image(instance, header)
+        return infos
 
 
 class ImageInfoHandler(MammographyHandler):
@@ -181,49 +214,50 @@ class ImageInfoHandler(MammographyHandler):
         source = await self.image(sop, frame)
         info = self.library.infos.get(source.identity)
         if info is None:  # warm: a dict lookup on the loop; cold: header parsing in the executor
-            info = await self.run_blocking(self.describe, source)
+            info = await self.run_blocking(describe_image, source.instance, source.header, source.frame)
             self.library.infos[source.identity] = info
         self.set_header("Cache-Control", REVALIDATE)
         self.write_json(info)
 
-    @staticmethod
-    def describe(source: DicomImageSource) -> dict[str, Any]:
-        header = source.header
-        info = exam_image(header, source.instance.study_instance_uid, source.instance.series_instance_uid, 1)
-        default = source.default_window
-        return {
-            "SOPInstanceUID": source.sop_instance_uid,
-            "width": source.width,
-            "height": source.height,
-            "frames": source.number_of_frames,
-            "frame": source.frame,
-            "tile_size": source.levels[0].tile_width,
-            "identity": source.identity,
-            "presets": [
-                {"name": name, "center": w.center, "width": w.width, "function": w.function}
-                for name, w in source.presets
-            ],
-            "default_window": (
-                {"center": default.center, "width": default.width, "function": default.function}
-                if default
-                else None
-            ),
-            "voi_lut": source.has_voi_lut,
-            "bits_stored": int(header.get("BitsStored", 16)),
-            "photometric": str(header.get("PhotometricInterpretation", "")),
-            "calibration": resolve_calibration(header).to_json(),
-            "magnification_factor": (
-                float(header.EstimatedRadiographicMagnificationFactor)
-                if header.get("EstimatedRadiographicMagnificationFactor")
-                else None
-            ),
-            "imager_pixel_spacing": [float(v) for v in header.get("ImagerPixelSpacing") or []] or None,
-            "laterality": info.breast.laterality,
-            "view": info.breast.view,
-            "label": info.breast.label,
-            "chest_wall": info.chest_wall,
-            "notices": [*info.breast.notices, *info.notices],
-        }
+
+def describe_image(instance: StoredInstance, header: Dataset, frame: int = 0) -> dict[str, Any]:
+    """What the viewer needs to open an image, from its header alone (no pyramid needed): the info
+    route answers it, and the hanging carries it for every image it places, saving a round trip."""
+    info = exam_image(header, instance.study_instance_uid, instance.series_instance_uid, 1)
+    default = default_window(header)
+    return {
+        "SOPInstanceUID": instance.sop_instance_uid,
+        "width": int(header.Columns),
+        "height": int(header.Rows),
+        "frames": max(1, instance.number_of_frames),
+        "frame": frame,
+        "tile_size": TILE_SIZE,
+        "identity": image_identity(instance, frame),
+        "presets": [
+            {"name": name, "center": w.center, "width": w.width, "function": w.function}
+            for name, w in window_presets(header)
+        ],
+        "default_window": (
+            {"center": default.center, "width": default.width, "function": default.function}
+            if default
+            else None
+        ),
+        "voi_lut": "VOILUTSequence" in header,
+        "bits_stored": int(header.get("BitsStored", 16)),
+        "photometric": str(header.get("PhotometricInterpretation", "")),
+        "calibration": resolve_calibration(header).to_json(),
+        "magnification_factor": (
+            float(header.EstimatedRadiographicMagnificationFactor)
+            if header.get("EstimatedRadiographicMagnificationFactor")
+            else None
+        ),
+        "imager_pixel_spacing": [float(v) for v in header.get("ImagerPixelSpacing") or []] or None,
+        "laterality": info.breast.laterality,
+        "view": info.breast.view,
+        "label": info.breast.label,
+        "chest_wall": info.chest_wall,
+        "notices": [*info.breast.notices, *info.notices],
+    }
 
 
 class DziHandler(MammographyHandler):

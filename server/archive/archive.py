@@ -800,10 +800,16 @@ def _parser_ready() -> bool:
     meanwhile: starting the forkserver costs seconds of CPU, no request should wait for it."""
     if _PARSE_WORKERS < 2:
         return False
-    if not _parser_started.is_set():
-        _parser_started.set()
-        threading.Thread(target=_warm_parser, name="parser-warm-up", daemon=True).start()
+    start_parser_workers()
     return _parser_warm.is_set()
+
+
+def start_parser_workers() -> None:
+    """Start the parser workers in the background (once); ``tessera serve`` does it at start-up."""
+    if _PARSE_WORKERS < 2 or _parser_started.is_set():
+        return
+    _parser_started.set()
+    threading.Thread(target=_warm_parser, name="parser-warm-up", daemon=True).start()
 
 
 def _warm_parser() -> None:

@@ -231,6 +231,12 @@ class PyramidStore:
                 del self._open[key]
 
 
+def image_identity(instance: StoredInstance, frame: int = 0) -> str:
+    """What keys a frame's tiles and description: changes whenever the stored pixels may (a replaced
+    instance has another digest). Known from the index alone, before any pyramid exists."""
+    return f"dicom-image/{instance.sop_instance_uid}/{instance.sha256[:16]}/{frame}"
+
+
 class DicomImageSource:
     """One frame of a grayscale DICOM image as stored values in a pyramid, rendered on request.
 
@@ -282,7 +288,7 @@ class DicomImageSource:
 
     @property
     def identity(self) -> str:
-        return f"dicom-image/{self.instance.sop_instance_uid}/{self.instance.sha256[:16]}/{self.frame}"
+        return image_identity(self.instance, self.frame)
 
     @cached_property
     def presets(self) -> list[tuple[str, Window]]:

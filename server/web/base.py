@@ -189,11 +189,21 @@ class BaseHandler(RequestHandler):
         if key is not None and service.recently_recorded(key):  # decided before building a record
             self._audit_state = "done"
             return False
+        # A viewer asks for a slide's first screen of tiles at once: they all wait for the one record
+        # being written for them, not each for its own committed (fsync'd) record, one after another.
+        in_flight: dict[Any, asyncio.Future[None]] = self.ctx.extras.setdefault("web.audit_in_flight", {})
+        if key is not None and key in in_flight:
+            self._audit_state = "writing"
+            self._audit_task = in_flight[key]
+            return True
         record = guard.request_record(self, spec, self.identity)
         self._audit_state = "writing"
         self._audit_task = asyncio.ensure_future(
             self.run_blocking(guard.write_request_record, self.ctx, record, studies, patients, others, key)
         )
+        if key is not None:
+            in_flight[key] = self._audit_task
+            self._audit_task.add_done_callback(lambda _done: in_flight.pop(key, None))
         return True
 
     async def _after_audit(self) -> bool:
@@ -255,6 +265,11 @@ class BaseHandler(RequestHandler):
             and self.request.path.startswith("/api/")
         ):
             guard.credential_cache.clear()  # users, tokens, groups or a break-glass may have changed
+
+    @property
+    def username(self) -> str | None:
+        """Who made this request, for the documents it writes (None before authorization)."""
+        return (self.identity.username or None) if self.identity is not None else None
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.ctx.run_blocking(fn, *args)

@@ -67,6 +67,7 @@ def serve_tessera_dicom(port: int, data_dir: Path) -> None:
     from server.config import load_settings
     from server.context import ServerContext
     from server.modules import ModuleRegistry
+    from server.serve import freeze_startup_heap
     from server.web.app import make_app
 
     settings = load_settings({}, data_dir=data_dir)
@@ -76,7 +77,9 @@ def serve_tessera_dicom(port: int, data_dir: Path) -> None:
     )
     assert ctx.registry is not None
     ctx.registry.setup(ctx)
-    _listen(make_app(ctx), port)
+    app = make_app(ctx)
+    freeze_startup_heap()  # as ``tessera serve`` does once start-up is done
+    _listen(app, port)
 
 
 def serve_tessera_tiff(port: int, slide: Path) -> None:

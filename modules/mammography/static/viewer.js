@@ -67,15 +67,30 @@ function windowQuery() {
   return w ? `window=${encodeURIComponent(`${w.center},${w.width},${w.function}`)}` : "";
 }
 
-function tileSource(meta, frame) {
+// The DZI level OpenSeadragon draws for an image shown `scale` screen px per image px: the
+// coarsest whose pixels still cover at least minPixelRatio (0.5) screen px.
+function drawnLevel(maxLevel, scale) {
+  return scale >= 0.5 ? maxLevel : maxLevel - Math.ceil(Math.log2(0.5 / scale) - 1e-9);
+}
+
+// `fitPx` (the viewport's size, when known) sets the lowest level to the one the image fitted into
+// it is drawn at: OpenSeadragon would otherwise first fetch a coarser single-tile level as a
+// placeholder, one more request per image before the hanging is fully drawn. Zoomed out further,
+// that level is still drawn (sharper than needed, never blurrier).
+function tileSource(meta, frame, fitPx = null) {
   const maxLevel = Math.ceil(Math.log2(Math.max(meta.width, meta.height)));
   const sop = encodeURIComponent(meta.SOPInstanceUID);
+  let minLevel = Math.max(0, maxLevel - 5);
+  if (fitPx && fitPx.x > 0 && fitPx.y > 0) {
+    const scale = Math.min(fitPx.x / meta.width, fitPx.y / meta.height);
+    minLevel = Math.min(maxLevel, Math.max(minLevel, drawnLevel(maxLevel, scale)));
+  }
   return {
     width: meta.width,
     height: meta.height,
     tileSize: meta.tile_size,
     tileOverlap: 0,
-    minLevel: Math.max(0, maxLevel - 5),
+    minLevel,
     maxLevel,
     getTileUrl: (level, x, y) => {
       const query = windowQuery();
@@ -146,6 +161,10 @@ class Viewport {
     return box;
   }
 
+  fitPx() {
+    return { x: this.osdEl.clientWidth, y: this.osdEl.clientHeight };
+  }
+
   get flipped() {
     return Boolean(this.meta) && this.meta.chest_wall !== "" && this.meta.chest_wall !== this.spec.chest_wall;
   }
@@ -187,7 +206,7 @@ class Viewport {
     }
     await new Promise((resolve, reject) => {
       this.viewer.addTiledImage({
-        tileSource: tileSource(this.meta, this.frame),
+        tileSource: tileSource(this.meta, this.frame, this.fitPx()),
         index: 0,
         replace: this.viewer.world.getItemCount() > 0,
         success: resolve,
@@ -204,7 +223,7 @@ class Viewport {
     this.drawn = false;
     const keep = this.physical(); // replacing the item re-homes OpenSeadragon's viewport: put it back
     this.viewer.addTiledImage({
-      tileSource: tileSource(this.meta, this.frame),
+      tileSource: tileSource(this.meta, this.frame, this.fitPx()),
       index: 0,
       replace: true,
       success: () => {
@@ -833,6 +852,8 @@ async function load() {
     showError(`the hanging could not be loaded: ${error.message}`);
     return;
   }
+  // The hanging carries the info of every image it places: no request per viewport before its tiles.
+  for (const [sop, meta] of Object.entries(state.hanging.images || {})) state.infos.set(`${sop}/0`, Promise.resolve(meta));
   document.title = `Tessera · Mammography · ${state.hanging.protocol.name}`;
   renderSide();
   await showStage(state.stage);
