@@ -11,6 +11,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -317,3 +318,32 @@ def test_a_document_saved_through_one_server_is_read_through_another(tmp_path: P
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_document_records_who_saved_it(
+    tmp_path: Path, tessera_server_factory: Callable[..., BackgroundServer]
+) -> None:
+    """With authentication on, the user behind the request is written beside the document."""
+    from server.security.accounts import Role
+    from server.security.service import security_of
+
+    server = tessera_server_factory(auth_enabled=True)
+    accounts = security_of(server.ctx).accounts
+    accounts.add_user("dr-ortho", Role.CLINICIAN, "a long password 1")
+    token = accounts.create_token("dr-ortho", "tests")[1]
+    pelvis_path = write_orthopedics_demo(tmp_path / "files")[0]
+    assert server.ctx.archive.ingest_path(pelvis_path).ok
+    pelvis = pydicom.dcmread(pelvis_path, stop_before_pixels=True)
+    plan = {"measurements": [{"id": "l", "kind": "length", "points": [[10, 10], [110, 10]]}]}
+    status, saved = _call(
+        server.url,
+        "PUT",
+        f"/orthopedics/images/{pelvis.SOPInstanceUID}/plan",
+        plan,
+        {"Authorization": f"Bearer {token}"},
+    )
+    assert status == 200, saved
+    stored = server.ctx.documents.shelf("orthopedics", "image").get(
+        f"{pelvis.StudyInstanceUID}/{pelvis.SOPInstanceUID}"
+    )
+    assert stored is not None and stored.updated_by == "dr-ortho"

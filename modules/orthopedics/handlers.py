@@ -143,10 +143,10 @@ class CalibrationHandler(OrthopedicsHandler):
         self.write_json(await self.call(self.service.active_calibration, sop))
 
     async def put(self, sop: str) -> None:
-        self.write_json(await self.call(self.service.set_calibration, sop, self.body_object()))
+        self.write_json(await self.call(self.service.set_calibration, sop, self.body_object(), self.username))
 
     async def delete(self, sop: str) -> None:
-        self.write_json(await self.call(self.service.clear_calibration, sop))
+        self.write_json(await self.call(self.service.clear_calibration, sop, self.username))
 
 
 class MarkerHandler(OrthopedicsHandler):
@@ -176,7 +176,7 @@ class PlanHandler(OrthopedicsHandler):
                 expected = int(header.strip('"W/ '))
             except ValueError as exc:
                 raise ProblemError(400, "If-Match must carry the plan revision number") from exc
-        self.write_json(await self.call(self.service.save_plan, sop, self.body(), expected))
+        self.write_json(await self.call(self.service.save_plan, sop, self.body(), expected, self.username))
 
 
 class PlanEvaluateHandler(OrthopedicsHandler):
@@ -190,7 +190,7 @@ class PlanArchiveHandler(OrthopedicsHandler):
     """POST: write the saved plan into the archive (SR + burned-in Secondary Capture)."""
 
     async def post(self, sop: str) -> None:
-        self.write_json(await self.call(self.service.archive_plan, sop), status=201)
+        self.write_json(await self.call(self.service.archive_plan, sop, self.username), status=201)
 
 
 class PlanReportHandler(OrthopedicsHandler):

@@ -214,7 +214,7 @@ class OrthopedicsService:
         image = self.radiograph(sop_uid)
         return {"sop_instance_uid": sop_uid, **self.calibration_report(image).to_json()}
 
-    def set_calibration(self, sop_uid: str, body: dict[str, Any]) -> dict[str, Any]:
+    def set_calibration(self, sop_uid: str, body: dict[str, Any], by: str | None = None) -> dict[str, Any]:
         """PUT: a marker circle, a line of known length, or a chosen DICOM source."""
         image = self.radiograph(sop_uid)
         method = body.get("method")
@@ -248,13 +248,17 @@ class OrthopedicsService:
                 raise CalibrationError(f"this image has no {prefer.value} calibration")
         else:
             raise CalibrationError("method must be 'circle' (a marker), 'line' (a known length) or 'dicom'")
-        return self.set_calibration_record(sop_uid, user, prefer)
+        return self.set_calibration_record(sop_uid, user, prefer, by)
 
-    def clear_calibration(self, sop_uid: str) -> dict[str, Any]:
-        return self.set_calibration_record(sop_uid, None, None)
+    def clear_calibration(self, sop_uid: str, by: str | None = None) -> dict[str, Any]:
+        return self.set_calibration_record(sop_uid, None, None, by)
 
     def set_calibration_record(
-        self, sop_uid: str, user: Calibration | None, prefer: CalibrationSource | None
+        self,
+        sop_uid: str,
+        user: Calibration | None,
+        prefer: CalibrationSource | None,
+        by: str | None = None,
     ) -> dict[str, Any]:
         image = self.radiograph(sop_uid)
 
@@ -263,7 +267,9 @@ class OrthopedicsService:
             record.preferred_source = prefer
 
         i = image.instance
-        record = self.store.update(i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, change)
+        record = self.store.update(
+            i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, change, by=by
+        )
         return {"sop_instance_uid": sop_uid, **self.calibration_report(image, record).to_json()}
 
     def propose_marker(self, sop_uid: str, body: dict[str, Any]) -> MarkerProposal:
@@ -309,7 +315,9 @@ class OrthopedicsService:
             "archived": record.archived,
         }
 
-    def save_plan(self, sop_uid: str, body: Any, expected_revision: int | None) -> dict[str, Any]:
+    def save_plan(
+        self, sop_uid: str, body: Any, expected_revision: int | None, by: str | None = None
+    ) -> dict[str, Any]:
         image = self.radiograph(sop_uid)
         parsed = parse_plan(body, self.library)
         conflict: list[int] = []
@@ -324,7 +332,9 @@ class OrthopedicsService:
             )
 
         i = image.instance
-        record = self.store.update(i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, change)
+        record = self.store.update(
+            i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, change, by=by
+        )
         if conflict:
             raise PlanConflict(conflict[0])
         return self._plan_document(image, record)
@@ -344,7 +354,7 @@ class OrthopedicsService:
         display = to_display(self.pixels(image), image.header)
         return burn_in(display, evaluated, calibration, self.library), evaluated, calibration
 
-    def archive_plan(self, sop_uid: str) -> dict[str, Any]:
+    def archive_plan(self, sop_uid: str, by: str | None = None) -> dict[str, Any]:
         """Write the saved plan into the archive as an SR and a burned-in Secondary Capture."""
         image = self.radiograph(sop_uid)
         record = self.record(image)
@@ -369,7 +379,7 @@ class OrthopedicsService:
             stored.archived.append(entry)
 
         i = image.instance
-        self.store.update(i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, change)
+        self.store.update(i.study_instance_uid, i.series_instance_uid, i.sop_instance_uid, change, by=by)
         return {"study_instance_uid": i.study_instance_uid, **entry}
 
     def report_pdf(self, sop_uid: str) -> bytes:

@@ -54,9 +54,7 @@ class AlignmentStore:
         body: dict[str, Any] = document.body
         return body
 
-    def save(
-        self, left_uid: str, right_uid: str, alignment: dict[str, Any], *, by: str | None = None
-    ) -> None:
+    def save(self, left_uid: str, right_uid: str, alignment: dict[str, Any], by: str | None = None) -> None:
         self.shelf.put(self.key_for(left_uid, right_uid), alignment, by=by)
 
     def import_files(self, folder: Path) -> int:

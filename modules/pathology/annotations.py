@@ -107,7 +107,7 @@ class AnnotationStore:
         body: dict[str, Any] = document.body
         return body
 
-    def save(self, series_uid: str, collection: dict[str, Any], *, by: str | None = None) -> None:
+    def save(self, series_uid: str, collection: dict[str, Any], by: str | None = None) -> None:
         self.shelf.put(series_uid, collection, by=by)
 
     def import_files(self, folder: Path) -> int:

@@ -210,7 +210,7 @@ class AnnotationsHandler(SlideHandler):
             collection = validate_collection(json.loads(self.request.body or b"null"))
         except (ValueError, AnnotationError) as exc:
             raise ProblemError(400, f"not an annotation FeatureCollection: {exc}") from exc
-        await self.run_blocking(self.store.save, slide.series_instance_uid, collection)
+        await self.run_blocking(self.store.save, slide.series_instance_uid, collection, self.username)
         if not archive:
             self.write_json(collection, "application/geo+json")
             return
@@ -304,6 +304,6 @@ class AlignmentHandler(SlideHandler):
             raise ProblemError(400, f"not an alignment: {exc}") from exc
         alignment["saved"] = True
         await self.run_blocking(
-            self.store.save, left.series_instance_uid, right.series_instance_uid, alignment
+            self.store.save, left.series_instance_uid, right.series_instance_uid, alignment, self.username
         )
         self.write_json(alignment)
