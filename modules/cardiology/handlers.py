@@ -282,7 +282,7 @@ class MeasurementsHandler(CardiologyHandler):
         except json.JSONDecodeError as exc:
             raise ProblemError(400, f"the body is not JSON: {exc}") from exc
         try:
-            document = await self.call(self.book().save, self.library, study, body)
+            document = await self.call(self.book().save, self.library, study, body, self.username)
         except MeasurementError as exc:
             raise ProblemError(422, str(exc)) from exc
         self.write_json(document)

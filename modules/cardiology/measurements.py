@@ -200,7 +200,7 @@ class MeasurementBook:
         return {"study_instance_uid": study, "measurements": out, "lv": lv, "lv_note": note}
 
     def save(
-        self, library: LoopLibrary, study: str, body: dict[str, Any], *, by: str | None = None
+        self, library: LoopLibrary, study: str, body: dict[str, Any], by: str | None = None
     ) -> dict[str, Any]:
         key = self._key(study)
         document = self.compute(library, study, body)
