@@ -14,16 +14,8 @@ from typing import Any
 import pytest
 
 from sample_data.demo import write_demo_archive
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-gpu",
-]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 TRICKY_NAME = "O'Brien, <b>Sean</b>"  # DICOM: O'Brien^<b>Sean</b>
 

@@ -12,18 +12,11 @@ from pydicom import dcmread
 from sample_data.cardiology import echo_study, stress_echo_study, twelve_lead_ecg
 from sample_data.radiology import write
 from server.serve import BackgroundServer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-gpu",
-]
 
 # Samples the displayed frame on every animation frame for `ms`, unwrapping the loop, and
 # returns displayed frames per second of real time (per cell) and the largest phase spread.
@@ -86,7 +79,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
 

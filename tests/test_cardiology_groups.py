@@ -23,6 +23,7 @@ from sample_data.radiology import write
 from server.archive.archive import StoredInstance
 from server.imaging.frames import read_frame_bytes
 from server.serve import BackgroundServer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import make_settings
 
 BOUNDARY = b"--tessera-cardiology-frame"
@@ -199,9 +200,7 @@ def test_group_mp4_has_the_group_frames_and_timing(server: BackgroundServer, uid
 def test_viewer_plays_a_group_in_the_grid(server: BackgroundServer, uids: dict[str, str]) -> None:
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"]
-        )
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1000, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))

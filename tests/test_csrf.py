@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 
 from server.archive.models import Instance
 from server.serve import BackgroundServer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import free_port
 from tests.test_security_access import PASSWORD, SecureServer, quick_argon2, start_secure
-from tests.test_security_browser import CHROMIUM, CHROMIUM_ARGS
 
 __all__ = ["quick_argon2"]
 

@@ -16,20 +16,12 @@ from pydicom import dcmread
 
 from sample_data.mammography import CURRENT, PRIOR, RIVERA, write_mammography_demo
 from server.serve import BackgroundServer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import make_settings
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-gpu",
-]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 

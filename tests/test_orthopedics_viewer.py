@@ -15,16 +15,8 @@ import pytest
 from modules.orthopedics.templates import TemplateLibrary, TemplatePlacement, placed_outlines
 from sample_data.orthopedics import PELVIS, write_orthopedics_demo
 from server.imaging.calibration import Calibration
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-gpu",
-]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 pytestmark = [

@@ -24,17 +24,9 @@ from PIL import Image, ImageCms
 from sample_data.wsi import SIZES, GeneratedSlide, generate
 from server.config import load_settings
 from server.serve import BackgroundServer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import free_port
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-gpu",
-]
 SCREENSHOTS = Path(__file__).parent / "artifacts"
 D50 = (0.9642, 1.0, 0.8249)
 WIDE_GAMUT = {  # Wide Gamut RGB colorants, adapted to D50 (Lindbloom)

@@ -18,9 +18,8 @@ from PIL import Image
 
 from sample_data.wsi import SIZES, generate
 from server.serve import BackgroundServer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_pathology_color import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     SCREENSHOTS,
     WIDE_GAMUT,
     matrix_trc_profile,

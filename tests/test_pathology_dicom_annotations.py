@@ -23,6 +23,7 @@ from modules.pathology.dicom_annotations import source_image
 from modules.pathology.measurement_report import report_dataset
 from sample_data.wsi import SIZES, GeneratedSlide, generate
 from server.serve import BackgroundServer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 MPP_MM = 0.00025  # the sample slide: 0.25 µm per pixel
 
@@ -292,15 +293,6 @@ def test_source_image_keeps_geometry(slide: GeneratedSlide, tmp_path: Path) -> N
     assert list(rebuilt.ImageOrientationSlide) == list(base.ImageOrientationSlide)
 
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-gpu",
-]
 SCREENSHOTS = Path(__file__).parent / "artifacts"
 
 

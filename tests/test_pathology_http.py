@@ -33,16 +33,7 @@ from server.config import load_settings
 from server.context import ServerContext
 from server.modules import ModuleRegistry
 from server.web.app import make_app
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-gpu",
-]
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 
 @dataclass

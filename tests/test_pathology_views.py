@@ -30,7 +30,8 @@ from server.context import ServerContext
 from server.modules import ModuleRegistry
 from server.tiles import DeepZoom
 from server.web.app import make_app
-from tests.test_pathology_http import CHROMIUM, CHROMIUM_ARGS, _free_port, get, wait_for_tiles
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_pathology_http import _free_port, get, wait_for_tiles
 
 SCREENSHOTS = Path(__file__).parent / "artifacts"
 LAYOUTS = ("full", "sparse")

@@ -17,7 +17,8 @@ import pytest
 from server.security.audit import AuditFilter
 from server.security.service import security_of
 from server.serve import BackgroundServer
-from tests.test_security_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_security_browser import ARTIFACTS
 from tests.test_security_groups import PASSWORD, quick_argon2, start_hospital
 
 __all__ = ["quick_argon2"]

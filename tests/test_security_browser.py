@@ -11,19 +11,11 @@ from typing import Any
 import pytest
 
 from server.serve import BackgroundServer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_security_access import PASSWORD, quick_argon2, start_secure
 
 __all__ = ["quick_argon2"]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-gpu",
-]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 pytestmark = [

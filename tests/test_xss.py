@@ -25,8 +25,9 @@ from pydicom.dataset import FileDataset
 from server.security.policy import Role
 from server.security.service import security_of
 from server.serve import BackgroundServer
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.test_security_access import PASSWORD, quick_argon2, start_secure
-from tests.test_security_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.test_security_browser import ARTIFACTS
 
 __all__ = ["quick_argon2"]
 

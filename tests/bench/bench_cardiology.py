@@ -41,6 +41,7 @@ from server.imaging.frames import decode_frame, read_frame_bytes
 from server.isolation import decoder_pool
 from server.serve import BackgroundServer
 from tests.bench.measure import Figure, print_table, record
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import make_settings
 
 FRAME_MS = 20.0
@@ -102,9 +103,8 @@ def _browser_first_frame(url: str) -> tuple[float, float | None, float | None] |
         return None
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-gpu"],
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
         )  # fmt: skip
         runs = []
         for _ in range(3):

@@ -38,15 +38,7 @@ from sample_data.mammography import CURRENT, RIVERA, write_mammography_demo
 from server.config import load_settings
 from server.serve import BackgroundServer
 from tests.bench.measure import Figure, record
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-gpu",
-]
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 
 
 def start_server(data_dir: Path) -> BackgroundServer:
@@ -175,7 +167,7 @@ def main() -> None:
     study = CURRENT.uid_for(RIVERA)
     cold, warm_server, warm_browser, baselines, tomo_server, tomo_viewer = [], [], [], [], [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for run in range(args.runs):
             server = start_server(root / f"data{run}")
             try:
