@@ -21,7 +21,7 @@ from tornado.process import fork_processes, task_id
 from server.archive.archive import Archive, start_parser_workers
 from server.config import Settings
 from server.context import ServerContext
-from server.isolation import decoder_pool
+from server.isolation import decoder_pool, media_pool
 from server.jobs import attach_job_queue, job_runner_of
 from server.modules import ModuleRegistry
 from server.security.audit import APPLICATION_ACTIVITY, APPLICATION_START, APPLICATION_STOP, AuditRecord
@@ -120,6 +120,7 @@ def serve(settings: Settings) -> None:
         _end_with_parent()
     ctx = build_context(settings, migrate=False)
     ctx.executor.submit(decoder_pool.warm)  # the first JPEG 2000/RLE frame need not wait for a worker
+    ctx.executor.submit(media_pool.warm)  # nor the first cine MP4 (~0.1-2 s to start a worker)
     start_parser_workers()  # nor the first STOW batch for the parser workers
     first = task_id() in (None, 0)
     dimse = start_dimse(ctx) if first else None
